@@ -1,0 +1,196 @@
+"""The ONNX model, its metadata and labels, behind one plain Python API.
+
+``Classifier`` is what the web page, the tests, the benchmarks and scripts
+all use. It loads the model once, checks it against its metadata, and
+classifies images or batches of images into top-k labels. It imports only
+numpy, Pillow and onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
+from classifier.preprocess import DEFAULT_MAX_PIXELS, ImageSource, preprocess
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_PATH = Path("models/inception_v3.onnx")
+CONVERT_HINT = "run `python convert_model.py` (see the README) to create it"
+
+
+class ModelError(Exception):
+    """The model cannot be served; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+    index: int
+    class_id: str
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How the onnxruntime session is configured.
+
+    A Heroku dyno shares its cores with its neighbours, so the thread count
+    is settable (``ORT_INTRA_OP_THREADS``); spinning threads burn CPU while
+    idle (``ORT_ALLOW_SPINNING``), and the memory arena trades peak memory
+    for speed (``ORT_MEMORY_ARENA``).
+    """
+
+    intra_op_threads: int = 0
+    allow_spinning: bool = True
+    memory_arena: bool = True
+
+    @classmethod
+    def from_env(cls) -> SessionSettings:
+        return cls(
+            intra_op_threads=int(os.environ.get("ORT_INTRA_OP_THREADS", "0")),
+            allow_spinning=_env_flag("ORT_ALLOW_SPINNING", True),
+            memory_arena=_env_flag("ORT_MEMORY_ARENA", True),
+        )
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = self.intra_op_threads or (os.cpu_count() or 1)
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = self.memory_arena
+        options.log_severity_level = 3
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.allow_spinning else "0"
+        )
+        return options
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in {"0", "false", "no", "off", ""}
+
+
+def load_metadata(model_path: Path) -> ModelMetadata:
+    """Read the model's metadata and check the model file against it."""
+    if not model_path.is_file():
+        raise ModelError(f"Model file {model_path} not found: {CONVERT_HINT}.")
+    metadata_path = metadata_path_for(model_path)
+    if not metadata_path.is_file():
+        raise ModelError(
+            f"Metadata file {metadata_path} not found beside the model: {CONVERT_HINT}."
+        )
+    try:
+        metadata = ModelMetadata.from_json(metadata_path.read_text())
+    except (ValueError, TypeError, KeyError) as error:
+        raise ModelError(
+            f"Metadata file {metadata_path} is damaged ({error}): {CONVERT_HINT}."
+        ) from error
+    actual_size = model_path.stat().st_size
+    if actual_size != metadata.size_bytes or sha256_of(model_path) != metadata.sha256:
+        raise ModelError(
+            f"Model file {model_path} ({actual_size} bytes) does not match its "
+            f"metadata ({metadata.size_bytes} bytes, sha256 {metadata.sha256[:12]}...): "
+            f"it is truncated, corrupt or from another conversion; {CONVERT_HINT} again."
+        )
+    return metadata
+
+
+def load_labels(path: Path) -> list[tuple[str, str]]:
+    """Keras' class index file -> ``[(class_id, readable name), ...]`` by index."""
+    try:
+        index = json.loads(path.read_text())
+        labels = [tuple(index[str(i)]) for i in range(len(index))]
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelError(f"Labels file {path} is missing or damaged ({error}).") from error
+    return [(class_id, name.replace("_", " ")) for class_id, name in labels]
+
+
+class Classifier:
+    """An ONNX image classifier: load once, then classify from any thread."""
+
+    def __init__(
+        self,
+        model_path: str | Path = DEFAULT_MODEL_PATH,
+        settings: SessionSettings | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.metadata = load_metadata(self.model_path)
+        self.labels = load_labels(self.model_path.parent / self.metadata.labels_file)
+        self.settings = settings or SessionSettings.from_env()
+        self.max_pixels = max_pixels
+        try:
+            self._session = ort.InferenceSession(
+                str(self.model_path),
+                self.settings.session_options(),
+                providers=["CPUExecutionProvider"],
+            )
+        except Exception as error:  # onnxruntime raises its own untyped errors
+            raise ModelError(
+                f"onnxruntime cannot load {self.model_path} ({error}): {CONVERT_HINT} again."
+            ) from error
+        self._input_name = self._session.get_inputs()[0].name
+        self._run_lock = threading.Lock()
+        self.warm_up()
+        log.info(
+            "Loaded %s (%s, weights: %s)",
+            self.model_path,
+            self.metadata.precision,
+            self.metadata.weights_source,
+        )
+
+    @classmethod
+    def from_env(cls) -> Classifier:
+        """The model named by ``MODEL_PATH`` (default ``models/inception_v3.onnx``)."""
+        return cls(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH)
+
+    def warm_up(self) -> None:
+        """One run at start, so the first user does not pay for lazy set-up."""
+        spec = self.metadata.preprocessing
+        self.predict(np.zeros((1, spec.height, spec.width, 3), np.float32))
+
+    def preprocess(self, image: ImageSource) -> np.ndarray:
+        return preprocess(image, self.metadata.preprocessing, self.max_pixels)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Model inputs ``(n, h, w, 3)`` -> probabilities ``(n, classes)``.
+
+        Runs are serialised: concurrent runs would only fight over the same
+        cores that each run already uses in full.
+        """
+        with self._run_lock:
+            return self._session.run(None, {self._input_name: batch})[0]
+
+    def top_k(self, probabilities: np.ndarray, k: int = 5) -> list[Prediction]:
+        best = np.argsort(probabilities)[::-1][:k]
+        return [
+            Prediction(
+                label=self.labels[i][1],
+                probability=float(probabilities[i]),
+                index=int(i),
+                class_id=self.labels[i][0],
+            )
+            for i in best
+        ]
+
+    def classify(self, image: ImageSource, k: int = 5) -> list[Prediction]:
+        """One image (path, bytes, file object or PIL image) -> its top-k classes."""
+        return self.classify_batch([image], k)[0]
+
+    def classify_batch(self, images: Sequence[ImageSource], k: int = 5) -> list[list[Prediction]]:
+        """Several images -> their top-k classes, in one model run."""
+        batch = np.stack([self.preprocess(image) for image in images])
+        return [self.top_k(row, k) for row in self.predict(batch)]

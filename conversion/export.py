@@ -1,0 +1,115 @@
+"""Keras model -> ONNX graph, with stable names and byte-identical output.
+
+We convert with ``tf2onnx.convert.from_keras`` and an explicit input
+signature rather than Keras' ``model.export(format="onnx")``: Keras' route
+wraps the same tf2onnx call, but hides the opset and the tensor names, both
+of which this project pins (``images`` in, ``probabilities`` out).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import onnx
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
+DEFAULT_OPSET = 17
+
+_COUNTER_SUFFIX = re.compile(r"__\d+")
+
+
+def to_onnx(model: Any, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Convert a Keras classifier with NHWC float32 input to ONNX.
+
+    The batch dimension stays dynamic; the single output is the softmax.
+    """
+    import tensorflow as tf
+    import tf2onnx
+
+    _, height, width, channels = model.input_shape
+    signature = (tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
+    if len(proto.graph.output) != 1:
+        raise ValueError(f"expected one model output, got {len(proto.graph.output)}")
+    _rename_tensor(proto.graph, proto.graph.output[0].name, OUTPUT_NAME)
+    proto.graph.name = model.name
+    canonicalize_names(proto.graph)
+    return proto
+
+
+def canonicalize_names(graph: onnx.GraphProto) -> None:
+    """Rename internal nodes and tensors so the same weights give the same bytes.
+
+    tf2onnx numbers the names it makes with a process-wide counter, and Keras
+    numbers the model's scope for each trace, so a second conversion in one
+    process would name everything differently. Names lose those counters and
+    the outermost scope, then are made unique in graph order; the one dynamic
+    dimension, the batch, is called ``batch``.
+    """
+    boundary = {value.name for value in graph.input} | {value.name for value in graph.output}
+    tensor_names: dict[str, str] = {}
+    used: set[str] = set(boundary)
+
+    def canonical(name: str) -> str:
+        if name in boundary or not name:
+            return name
+        if name not in tensor_names:
+            tensor_names[name] = _unique(_strip_counters(name), used)
+        return tensor_names[name]
+
+    for initializer in graph.initializer:
+        initializer.name = canonical(initializer.name)
+    node_names: set[str] = set()
+    for node in graph.node:
+        node.input[:] = [canonical(name) for name in node.input]
+        node.output[:] = [canonical(name) for name in node.output]
+        node.name = _unique(_strip_counters(node.name), node_names)
+    for value in graph.value_info:
+        value.name = canonical(value.name)
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.dim_param = "batch"
+
+
+def _strip_counters(name: str) -> str:
+    stem = _COUNTER_SUFFIX.sub("", name)
+    scope, _, rest = stem.partition("/")
+    return rest if rest and re.fullmatch(r"\w+_\d+", scope) else stem
+
+
+def _unique(name: str, used: set[str]) -> str:
+    candidate, number = name, 1
+    while candidate in used:
+        number += 1
+        candidate = f"{name}_{number}"
+    used.add(candidate)
+    return candidate
+
+
+def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for value in list(graph.output) + list(graph.value_info):
+        if value.name == old:
+            value.name = new
+
+
+def with_logits_output(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the model that also outputs the softmax's input, the logits.
+
+    Random weights give near-uniform probabilities, where comparing them
+    proves little; the logits carry the signal.
+    """
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    softmax = next((node for node in copy.graph.node if OUTPUT_NAME in node.output), None)
+    if softmax is None or softmax.op_type != "Softmax":
+        raise ValueError("the model's output is not produced by a Softmax node")
+    copy.graph.output.append(
+        onnx.helper.make_tensor_value_info(softmax.input[0], onnx.TensorProto.FLOAT, None)
+    )
+    return copy

@@ -1,0 +1,45 @@
+"""Assemble the metadata that the converter writes beside a model."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+from classifier.metadata import ModelMetadata, Preprocessing, TensorSpec
+from conversion.artifacts import sha256_of_bytes
+from conversion.export import INPUT_NAME, OUTPUT_NAME
+from conversion.keras_model import WeightsSource
+from conversion.verify import ParityReport
+
+TOOLCHAIN = ("tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "pillow")
+
+
+def toolchain_versions() -> dict[str, str]:
+    return {name: version(name) for name in TOOLCHAIN}
+
+
+def model_metadata(
+    model_path: Path,
+    model_bytes: bytes,
+    weights: WeightsSource,
+    preprocessing: Preprocessing,
+    labels_file: str,
+    opset: int,
+    report: ParityReport,
+    precision: str = "float32",
+) -> ModelMetadata:
+    return ModelMetadata(
+        model_file=model_path.name,
+        sha256=sha256_of_bytes(model_bytes),
+        size_bytes=len(model_bytes),
+        architecture="InceptionV3",
+        precision=precision,
+        weights=weights.describe(),
+        input=TensorSpec(INPUT_NAME, [None, preprocessing.height, preprocessing.width, 3]),
+        output=TensorSpec(OUTPUT_NAME, [None, 1000]),
+        preprocessing=preprocessing,
+        labels_file=labels_file,
+        opset=opset,
+        versions=toolchain_versions(),
+        verification={"against": "keras", **report.as_dict()},
+    )

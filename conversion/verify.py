@@ -1,0 +1,147 @@
+"""Prove that an ONNX model answers as the Keras model it came from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from classifier.metadata import Preprocessing
+from classifier.preprocess import preprocess
+from conversion.export import INPUT_NAME, with_logits_output
+
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far float32 ONNX may drift from float32 Keras.
+
+    Logits are compared relative to their largest magnitude, so the same
+    bound holds for confident models and for random weights, whose logits
+    can be tiny.
+    """
+
+    logits_rtol: float = 1e-3
+    probabilities_atol: float = 1e-4
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    samples: int
+    max_abs_logit_diff: float
+    max_abs_logit: float
+    max_abs_probability_diff: float
+    top1_agreement: float
+    top5_agreement: float
+    tolerance: Tolerance
+    passed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        return (
+            f"{verdict} on {self.samples} inputs: max |logit diff| "
+            f"{self.max_abs_logit_diff:.3g} (largest |logit| {self.max_abs_logit:.3g}, "
+            f"relative tolerance {self.tolerance.logits_rtol:g}); max |probability diff| "
+            f"{self.max_abs_probability_diff:.3g} (tolerance "
+            f"{self.tolerance.probabilities_atol:g}); top-1 agreement "
+            f"{self.top1_agreement:.0%}; top-{TOP_K} agreement {self.top5_agreement:.0%}"
+        )
+
+
+def verification_inputs(
+    photos: Sequence[Path], spec: Preprocessing, noise_count: int = 2, seed: int = 0
+) -> np.ndarray:
+    """Real photos through the app's preprocessing, plus deterministic noise."""
+    arrays = [preprocess(photo, spec) for photo in photos]
+    rng = np.random.default_rng(seed)
+    shape = (spec.height, spec.width, 3)
+    arrays += [rng.uniform(-1.0, 1.0, shape).astype(np.float32) for _ in range(noise_count)]
+    return np.stack(arrays)
+
+
+def keras_outputs(model: Any, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keras' probabilities and logits (the softmax's input) for ``inputs``."""
+    import keras
+
+    head = model.layers[-1]
+    features = keras.Model(model.input, head.input)(inputs, training=False)
+    kernel, bias = (np.asarray(w) for w in head.get_weights())
+    logits = np.asarray(features) @ kernel + bias
+    probabilities = np.asarray(model(inputs, training=False))
+    return probabilities, logits
+
+
+def onnx_outputs(proto: onnx.ModelProto, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """onnxruntime's probabilities and logits for ``inputs``."""
+    session = ort.InferenceSession(
+        with_logits_output(proto).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    probabilities, logits = session.run(None, {INPUT_NAME: inputs})
+    return probabilities, logits
+
+
+def compare(
+    expected: tuple[np.ndarray, np.ndarray],
+    actual: tuple[np.ndarray, np.ndarray],
+    tolerance: Tolerance = Tolerance(),
+) -> ParityReport:
+    """Compare (probabilities, logits) pairs; near-ties may swap ranks."""
+    expected_probabilities, expected_logits = expected
+    actual_probabilities, actual_logits = actual
+    logit_diff = float(np.max(np.abs(expected_logits - actual_logits)))
+    logit_scale = float(np.max(np.abs(expected_logits)))
+    logit_bound = tolerance.logits_rtol * max(logit_scale, float(np.finfo(np.float32).tiny))
+    probability_diff = float(np.max(np.abs(expected_probabilities - actual_probabilities)))
+    top1 = _rank_agreement(expected_logits, actual_logits, 1, logit_bound)
+    top5 = _rank_agreement(expected_logits, actual_logits, TOP_K, logit_bound)
+    passed = (
+        logit_diff <= logit_bound
+        and probability_diff <= tolerance.probabilities_atol
+        and top5 == 1.0
+    )
+    return ParityReport(
+        samples=len(expected_logits),
+        max_abs_logit_diff=logit_diff,
+        max_abs_logit=logit_scale,
+        max_abs_probability_diff=probability_diff,
+        top1_agreement=top1,
+        top5_agreement=top5,
+        tolerance=tolerance,
+        passed=passed,
+    )
+
+
+def _rank_agreement(expected: np.ndarray, actual: np.ndarray, k: int, tie: float) -> float:
+    """Share of rows whose top-k classes match rank by rank.
+
+    Two classes whose expected logits are within ``tie`` of each other are a
+    near-tie that float rounding may order either way, so they count as equal.
+    """
+    agreeing = 0
+    for expected_row, actual_row in zip(expected, actual, strict=True):
+        expected_top = np.argsort(expected_row)[::-1][:k]
+        actual_top = np.argsort(actual_row)[::-1][:k]
+        agreeing += all(
+            abs(expected_row[e] - expected_row[a]) <= tie
+            for e, a in zip(expected_top, actual_top, strict=True)
+        )
+    return agreeing / len(expected)
+
+
+def check_parity(
+    keras_model: Any,
+    proto: onnx.ModelProto,
+    inputs: np.ndarray,
+    tolerance: Tolerance = Tolerance(),
+) -> ParityReport:
+    """Run both models on ``inputs`` and compare their answers."""
+    return compare(keras_outputs(keras_model, inputs), onnx_outputs(proto, inputs), tolerance)

@@ -1,0 +1,298 @@
+"""The converter: Keras InceptionV3 -> a verified, deterministic ONNX model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import onnx
+import pytest
+from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT, SEED, Converted, run_converter
+
+from classifier.metadata import ModelMetadata, Preprocessing, sha256_of
+from conversion.keras_model import IMAGENET_WEIGHTS_FILE, imagenet_weights_cache_path
+from conversion.verify import compare, keras_outputs, onnx_outputs, verification_inputs
+
+CONVERTER = str(ROOT / "convert_model.py")
+
+
+def read_metadata(model_path: Path) -> ModelMetadata:
+    return ModelMetadata.from_json(model_path.with_suffix(".json").read_text())
+
+
+def converter_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the converter as a user does, in its own interpreter."""
+    return subprocess.run(
+        [sys.executable, CONVERTER, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def save_legacy_h5(model: object, path: Path) -> None:
+    """Write weights in the layout of Keras' published InceptionV3 ``.h5`` file.
+
+    That file was written by Keras 2: one group per layer, listed in the
+    ``layer_names`` attribute, each naming its arrays in ``weight_names``.
+    """
+    with h5py.File(path, "w") as file:
+        file.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
+        file.attrs["backend"] = b"tensorflow"
+        file.attrs["keras_version"] = b"2.1.5"
+        for layer in model.layers:
+            group = file.create_group(layer.name)
+            names = [f"{layer.name}/{weight.name}:0" for weight in layer.weights]
+            group.attrs["weight_names"] = [name.encode() for name in names]
+            for name, weight in zip(names, layer.weights, strict=True):
+                group.create_dataset(name, data=np.asarray(weight))
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir())
+
+
+# --- a conversion that passes -------------------------------------------------
+
+
+def test_random_weights_convert_to_a_verified_model(converted: Converted) -> None:
+    metadata = read_metadata(converted.model_path)
+    assert metadata.weights == {"source": "random", "seed": SEED}
+    assert metadata.input.name == "images"
+    assert metadata.input.shape == [None, 299, 299, 3]
+    assert metadata.output.name == "probabilities"
+    assert metadata.output.shape == [None, 1000]
+    assert metadata.opset == 17
+    assert metadata.preprocessing == Preprocessing()
+    verification = metadata.verification
+    assert verification["passed"] is True
+    assert verification["samples"] == 4  # two photos and two noise images
+    assert verification["max_abs_logit_diff"] <= 1e-3 * verification["max_abs_logit"]
+    assert verification["max_abs_probability_diff"] <= 1e-4
+    assert verification["top5_agreement"] == 1.0
+    for tool in ("tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime"):
+        assert metadata.versions[tool]
+    assert "PASSED on 4 inputs" in converted.stdout
+    assert files_in(converted.model_path.parent) == [
+        "imagenet_class_index.json",
+        "inception_v3.json",
+        "inception_v3.onnx",
+    ]
+
+
+def test_model_has_stable_names_and_a_dynamic_batch(converted: Converted) -> None:
+    graph = onnx.load(converted.model_path, load_external_data=False).graph
+    assert [value.name for value in graph.input] == ["images"]
+    assert [value.name for value in graph.output] == ["probabilities"]
+    batch = graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param == "batch"
+
+
+def test_metadata_sha256_matches_the_file(converted: Converted) -> None:
+    metadata = read_metadata(converted.model_path)
+    assert metadata.sha256 == sha256_of(converted.model_path)
+    assert metadata.size_bytes == converted.model_path.stat().st_size
+
+
+def test_labels_ship_beside_the_model(converted: Converted) -> None:
+    labels = json.loads((converted.model_path.parent / "imagenet_class_index.json").read_text())
+    assert len(labels) == 1000
+    assert labels["281"] == ["n02123045", "tabby"]
+
+
+# --- parity, checked on the written file, independently of the converter ------
+
+
+def test_onnx_matches_keras_on_photos_and_noise(converted: Converted) -> None:
+    inputs = verification_inputs([CAT_PHOTO, COFFEE_PHOTO], Preprocessing(), noise_count=3, seed=7)
+    proto = onnx.load(converted.model_path)
+    expected = keras_outputs(converted.keras_model, inputs)
+    actual = onnx_outputs(proto, inputs)
+    report = compare(expected, actual)
+    assert report.passed, report.summary()
+    probabilities, logits = actual
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # The logits carry the signal: they differ between inputs far more than
+    # between Keras and ONNX.
+    spread = np.ptp(logits, axis=0).max()
+    assert report.max_abs_logit_diff < 1e-3 * spread
+
+
+def test_comparison_fails_for_a_different_model(converted: Converted) -> None:
+    """The check can fail: a second seed's outputs do not pass for the first's."""
+    from conversion.keras_model import WeightsSource, build_model
+
+    inputs = verification_inputs([CAT_PHOTO], Preprocessing(), noise_count=1)
+    other = build_model(WeightsSource("random", seed=SEED + 1))
+    report = compare(keras_outputs(converted.keras_model, inputs), keras_outputs(other, inputs))
+    assert not report.passed
+
+
+# --- determinism ----------------------------------------------------------------
+
+
+def test_same_weights_give_identical_bytes(converted: Converted, tmp_path: Path) -> None:
+    second = tmp_path / "inception_v3.onnx"
+    assert run_converter("--weights", "random", "--seed", str(SEED), "--output", str(second)) == 0
+    assert second.read_bytes() == converted.model_path.read_bytes()
+    assert read_metadata(second).sha256 == sha256_of(second)
+
+
+# --- the check can fail ---------------------------------------------------------
+
+
+def damage_one_weight(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Change one weight of the classifier's dense layer by a small amount."""
+    largest = max(proto.graph.initializer, key=lambda tensor: np.prod(tensor.dims))
+    weights = onnx.numpy_helper.to_array(largest).copy()
+    weights.flat[0] += 0.05
+    largest.CopyFrom(onnx.numpy_helper.from_array(weights, largest.name))
+    return proto
+
+
+def test_damaged_model_is_refused_and_nothing_is_kept(
+    converted: Converted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import conversion.export
+
+    good_model = tmp_path / "inception_v3.onnx"
+    good_bytes = converted.model_path.read_bytes()
+    good_model.write_bytes(good_bytes)
+    real_to_onnx = conversion.export.to_onnx
+    monkeypatch.setattr(
+        conversion.export, "to_onnx", lambda *args: damage_one_weight(real_to_onnx(*args))
+    )
+
+    code = run_converter("--weights", "random", "--seed", str(SEED), "--output", str(good_model))
+
+    assert code == 1
+    assert "does not match Keras" in capsys.readouterr().err
+    assert good_model.read_bytes() == good_bytes, "a good model was replaced"
+    assert files_in(tmp_path) == ["inception_v3.onnx"], "something was left behind"
+
+
+# --- weights files ----------------------------------------------------------------
+
+
+def test_legacy_h5_weights_convert_and_match_keras(tmp_path: Path) -> None:
+    from conversion.keras_model import WeightsSource, build_model
+
+    source = build_model(WeightsSource("random", seed=SEED + 1))
+    weights_file = tmp_path / IMAGENET_WEIGHTS_FILE
+    save_legacy_h5(source, weights_file)
+    output = tmp_path / "out" / "inception_v3.onnx"
+
+    assert run_converter("--weights", str(weights_file), "--output", str(output)) == 0
+
+    metadata = read_metadata(output)
+    assert metadata.weights["source"] == "file"
+    assert metadata.weights["sha256"] == sha256_of(weights_file)
+    inputs = verification_inputs([CAT_PHOTO], Preprocessing(), noise_count=1)
+    # Compared with the model the file was written from, so the weights
+    # really were loaded, not just whatever the converter built.
+    report = compare(keras_outputs(source, inputs), onnx_outputs(onnx.load(output), inputs))
+    assert report.passed, report.summary()
+
+
+def test_keras3_weights_file_converts(tmp_path: Path) -> None:
+    from conversion.keras_model import WeightsSource, build_model
+
+    source = build_model(WeightsSource("random", seed=SEED + 2))
+    weights_file = tmp_path / "inception_v3.weights.h5"
+    source.save_weights(weights_file)
+    output = tmp_path / "inception_v3.onnx"
+
+    assert run_converter("--weights", str(weights_file), "--output", str(output)) == 0
+
+    inputs = verification_inputs([COFFEE_PHOTO], Preprocessing(), noise_count=1)
+    report = compare(keras_outputs(source, inputs), onnx_outputs(onnx.load(output), inputs))
+    assert report.passed, report.summary()
+
+
+# --- errors users will hit ------------------------------------------------------
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, code: int, *phrases: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    for phrase in phrases:
+        assert phrase in result.stderr
+
+
+def test_no_network_for_imagenet_weights_says_how_to_supply_them(tmp_path: Path) -> None:
+    # An empty Keras cache, and every download sent to a closed local port.
+    offline = {"KERAS_HOME": str(tmp_path / "keras"), "HTTPS_PROXY": "http://127.0.0.1:9"}
+    output = tmp_path / "out" / "inception_v3.onnx"
+    result = converter_process("--weights", "imagenet", "--output", str(output), env=offline)
+    assert_clean_failure(
+        result, 3, "Could not download the ImageNet weights", "--weights PATH", "KERAS_HOME"
+    )
+    assert str(tmp_path / "keras" / "models" / IMAGENET_WEIGHTS_FILE) in result.stderr
+    assert not output.exists()
+
+
+def test_missing_weights_file(tmp_path: Path) -> None:
+    result = converter_process(
+        "--weights", str(tmp_path / "nope.h5"), "--output", str(tmp_path / "m.onnx")
+    )
+    assert_clean_failure(result, 3, "nope.h5 not found")
+
+
+def test_weights_of_another_architecture(tmp_path: Path) -> None:
+    import keras
+
+    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    weights_file = tmp_path / "small.weights.h5"
+    small.save_weights(weights_file)
+    result = converter_process("--weights", str(weights_file), "--output", str(tmp_path / "m.onnx"))
+    assert_clean_failure(result, 3, "does not hold InceptionV3 weights")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_weights_with_a_wrong_shape(converted: Converted, tmp_path: Path) -> None:
+    weights_file = tmp_path / "wrong_shape.h5"
+    save_legacy_h5(converted.keras_model, weights_file)
+    with h5py.File(weights_file, "r+") as file:
+        head = converted.keras_model.layers[-1].name
+        kernel = f"{head}/{head}/kernel:0"
+        del file[kernel]
+        file.create_dataset(kernel, data=np.zeros((2048, 10), np.float32))
+    result = converter_process("--weights", str(weights_file), "--output", str(tmp_path / "m.onnx"))
+    assert_clean_failure(result, 3, "does not hold InceptionV3 weights", "(2048, 10)")
+
+
+def test_unwritable_output_folder(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = converter_process("--weights", "random", "--output", str(blocker / "m.onnx"))
+    assert_clean_failure(result, 4, "Cannot write to the output folder")
+
+
+def test_output_must_be_an_onnx_file(tmp_path: Path) -> None:
+    result = converter_process("--weights", "random", "--output", str(tmp_path / "m.bin"))
+    assert result.returncode == 2
+    assert "--output must end in .onnx" in result.stderr
+
+
+# --- the real ImageNet weights, where a developer has them ----------------------
+
+
+@pytest.mark.skipif(
+    not imagenet_weights_cache_path().is_file(),
+    reason=f"Keras' ImageNet weights are not in the Keras cache ({imagenet_weights_cache_path()})",
+)
+def test_imagenet_weights_see_a_cat(tmp_path: Path) -> None:
+    from classifier.model import Classifier
+
+    output = tmp_path / "inception_v3.onnx"
+    assert run_converter("--weights", "imagenet", "--output", str(output)) == 0
+    top5 = Classifier(output).classify(CAT_PHOTO)
+    cats = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
+    assert cats & {prediction.label for prediction in top5}
