@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,13 +110,21 @@ def load_metadata(model_path: Path) -> ModelMetadata:
 
 
 def load_labels(path: Path) -> list[tuple[str, str]]:
-    """Keras' class index file -> ``[(class_id, readable name), ...]`` by index."""
+    """Keras' class index file -> ``[(class_id, readable name), ...]`` by index.
+
+    Names lose their underscores; the two names ImageNet uses twice ("crane",
+    "maillot") get their WordNet id, so every class has its own label.
+    """
     try:
         index = json.loads(path.read_text())
-        labels = [tuple(index[str(i)]) for i in range(len(index))]
+        entries = [index[str(i)] for i in range(len(index))]
     except (OSError, ValueError, KeyError) as error:
         raise ModelError(f"Labels file {path} is missing or damaged ({error}).") from error
-    return [(class_id, name.replace("_", " ")) for class_id, name in labels]
+    names = Counter(name for _, name in entries)
+    return [
+        (class_id, name.replace("_", " ") + (f" ({class_id})" if names[name] > 1 else ""))
+        for class_id, name in entries
+    ]
 
 
 class Classifier:

@@ -72,7 +72,7 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         raise ImageError(f"The image has no pixels ({width} x {height}).")
     if width * height > max_pixels:
         raise ImageTooLargeError(
-            f"The image is {width} x {height} pixels; the limit is "
+            f"The image is too large: {width} x {height} pixels, over the limit of "
             f"{max_pixels / 1e6:g} megapixels. Please upload a smaller image."
         )
     return image

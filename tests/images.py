@@ -1,0 +1,102 @@
+"""Awkward uploads, written by the tests themselves from the CC0 cat photo."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from conftest import CAT_PHOTO
+from PIL import Image
+
+
+def cat() -> Image.Image:
+    return Image.open(CAT_PHOTO).convert("RGB")
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", pixels)
+        + chunk(b"IEND", b"")
+    )
+
+
+def write_text_as_jpeg(path: Path) -> None:
+    path.write_text("This is not a photo, whatever its name says.\n")
+
+
+def write_truncated_jpeg(path: Path) -> None:
+    full = path.with_name("full.jpg")
+    cat().save(full, quality=90)
+    data = full.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def write_empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def write_bomb(path: Path) -> None:
+    path.write_bytes(png_declaring(30000, 30000))
+
+
+def write_one_pixel(path: Path) -> None:
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(path)
+
+
+def write_animated_gif(path: Path) -> None:
+    frames = [cat().convert("P"), Image.new("P", cat().size, 3), Image.new("P", cat().size, 7)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def write_16_bit_png(path: Path) -> None:
+    gray = np.asarray(cat().convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(gray).save(path)
+
+
+def write_cmyk_jpeg(path: Path) -> None:
+    cat().convert("CMYK").save(path, quality=95)
+
+
+def write_grayscale(path: Path) -> None:
+    cat().convert("L").save(path)
+
+
+def write_palette(path: Path) -> None:
+    cat().convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+
+
+def write_rgba(path: Path) -> None:
+    rgba = cat().convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    rgba.save(path)
+
+
+# name -> (file name, writer); invalid ones must get a clear message.
+VALID: dict[str, tuple[str, Callable[[Path], None]]] = {
+    "one pixel": ("one.png", write_one_pixel),
+    "animated gif": ("animated.gif", write_animated_gif),
+    "16-bit png": ("sixteen.png", write_16_bit_png),
+    "cmyk jpeg": ("cmyk.jpg", write_cmyk_jpeg),
+    "grayscale": ("gray.png", write_grayscale),
+    "palette": ("palette.png", write_palette),
+    "rgba": ("rgba.png", write_rgba),
+}
+INVALID: dict[str, tuple[str, Callable[[Path], None], str]] = {
+    "text named .jpg": ("text.jpg", write_text_as_jpeg, "not an image"),
+    "truncated jpeg": ("truncated.jpg", write_truncated_jpeg, "truncated or corrupt"),
+    "zero bytes": ("empty.jpg", write_empty, "not an image"),
+    "decompression bomb": ("bomb.png", write_bomb, "too large"),
+}

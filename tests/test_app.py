@@ -1,0 +1,117 @@
+"""The app over HTTP, as a real client and as Heroku starts it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import CAT_PHOTO, ROOT
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from images import INVALID, VALID
+from server import serving
+
+from classifier import Classifier
+
+
+@pytest.fixture(scope="module")
+def app_url(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    with serving(model_path, log) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(app_url: str) -> Client:
+    return Client(app_url, verbose=False)
+
+
+def predict(client: Client, path: Path) -> dict:
+    return client.predict(handle_file(str(path)), api_name="/predict")
+
+
+def assert_top5(result: dict) -> list[tuple[str, float]]:
+    pairs = [(entry["label"], entry["confidence"]) for entry in result["confidences"]]
+    assert len(pairs) == 5
+    confidences = [confidence for _, confidence in pairs]
+    assert all(0.0 <= confidence <= 1.0 for confidence in confidences)
+    assert confidences == sorted(confidences, reverse=True)
+    assert result["label"] == pairs[0][0]
+    return pairs
+
+
+def test_cat_photo_over_http_matches_the_python_api(client: Client, model_path: Path) -> None:
+    pairs = assert_top5(predict(client, CAT_PHOTO))
+    expected = Classifier(model_path).classify(CAT_PHOTO)
+    assert [label for label, _ in pairs] == [p.label for p in expected]
+    for (_, confidence), prediction in zip(pairs, expected, strict=True):
+        assert confidence == pytest.approx(prediction.probability, rel=1e-5)
+
+
+def test_procfile_binds_all_interfaces_on_port(app_url: str) -> None:
+    port = urllib.parse.urlsplit(app_url).port
+    listening = {
+        connection.laddr
+        for connection in psutil.net_connections("tcp")
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+    }
+    assert listening == {("0.0.0.0", port)}
+    with urllib.request.urlopen(app_url, timeout=10) as response:
+        page = response.read().decode()
+    assert response.status == 200
+    assert "InceptionV3 image classifier" in page
+
+
+def test_page_says_the_weights_are_random(app_url: str) -> None:
+    with urllib.request.urlopen(f"{app_url}config", timeout=10) as response:
+        config = response.read().decode()
+    assert "random test weights" in config
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_odd_images_get_a_prediction(name: str, client: Client, tmp_path: Path) -> None:
+    file_name, write = VALID[name]
+    path = tmp_path / file_name
+    write(path)
+    assert_top5(predict(client, path))
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_bad_uploads_get_a_clear_message_and_the_server_lives_on(
+    name: str, client: Client, tmp_path: Path
+) -> None:
+    file_name, write, phrase = INVALID[name]
+    path = tmp_path / file_name
+    write(path)
+    with pytest.raises(AppError, match=phrase):
+        predict(client, path)
+    assert_top5(predict(client, CAT_PHOTO))
+
+
+def test_missing_model_exits_with_one_clear_line(tmp_path: Path) -> None:
+    from server import procfile_command
+
+    result = subprocess.run(
+        ["bash", "-c", procfile_command()],
+        cwd=ROOT,
+        env={
+            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+            "PORT": "8",
+            "MODEL_PATH": str(tmp_path / "missing.onnx"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"error: Model file {tmp_path / 'missing.onnx'} not found: "
+        "run `python convert_model.py` (see the README) to create it."
+    ]
