@@ -1,6 +1,7 @@
 """Convert Keras' InceptionV3 to a verified ONNX model in models/.
 
-Run once, offline, on a developer's machine; commit the result. See --help.
+Run once, offline, on a developer's machine; commit the result. With
+``--quantize int8`` it also makes a verified int8 model beside it. See --help.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from classifier.metadata import Preprocessing
+from classifier.model import ModelError, load_metadata
 from conversion.artifacts import OutputError, check_writable, publish
 from conversion.export import DEFAULT_OPSET
 from conversion.keras_model import WeightsError, WeightsSource
-from conversion.metadata import model_metadata
+from conversion.metadata import int8_metadata, model_metadata
+from conversion.quantize import CalibrationError
 from conversion.verify import Tolerance
 
 ROOT = Path(__file__).resolve().parent
@@ -28,68 +31,110 @@ DEFAULT_OUTPUT = Path("models/inception_v3.onnx")
 DEFAULT_LABELS = ROOT / "models" / "imagenet_class_index.json"
 DEFAULT_PHOTOS = sorted((ROOT / "examples").glob("*.png"))
 
-EXIT_VERIFICATION_FAILED = 1
-EXIT_WEIGHTS = 3
-EXIT_OUTPUT = 4
+DEFAULT_MIN_TOP1_AGREEMENT = 0.99
 
 
 class VerificationError(Exception):
-    """The ONNX model does not answer as Keras does; nothing was written."""
+    """A model does not answer as its reference does; nothing was written."""
+
+
+EXIT_CODES: dict[type[Exception], int] = {
+    VerificationError: 1,
+    WeightsError: 3,
+    OutputError: 4,
+    CalibrationError: 5,
+    ModelError: 6,
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog=(
             "Exit codes: 0 written and verified; 1 verification failed (nothing "
             "written); 2 bad arguments; 3 weights unavailable or invalid; "
-            "4 output folder not writable."
+            "4 output folder not writable; 5 calibration photos unusable; "
+            "6 the float32 model to quantize is damaged."
         ),
     )
     parser.add_argument(
         "--weights",
         default="imagenet",
-        help="'imagenet' (Keras' download and cache, honouring KERAS_HOME), "
+        help="'imagenet' (the default: Keras' download and cache, honouring KERAS_HOME), "
         "'random' (seeded random weights, for offline tests), or the PATH of a "
         "Keras weights file (Keras' published .h5 or a Keras 3 .weights.h5)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for --weights random")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --weights random (0)")
     parser.add_argument(
         "--output",
         type=Path,
         default=DEFAULT_OUTPUT,
-        help="the .onnx file to write; its metadata .json and the labels go beside it",
+        metavar="PATH",
+        help="the .onnx file to write; its metadata .json and the labels go beside "
+        "it (%(default)s)",
     )
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (%(default)s)")
     parser.add_argument(
         "--labels",
         type=Path,
         default=DEFAULT_LABELS,
-        help="Keras class index JSON to ship beside the model",
+        metavar="PATH",
+        help="Keras class index JSON to ship beside the model (models/imagenet_class_index.json)",
     )
     parser.add_argument(
         "--photos",
         type=Path,
         nargs="+",
         default=DEFAULT_PHOTOS,
-        help="real photos to verify on (deterministic noise is always added)",
+        metavar="PHOTO",
+        help="real photos to verify on (examples/*.png); deterministic noise is always added",
     )
     parser.add_argument(
         "--logits-rtol",
         type=float,
         default=Tolerance.logits_rtol,
-        help="largest logit difference allowed, relative to the largest logit",
+        metavar="R",
+        help="largest logit difference allowed, relative to the largest logit (%(default)s)",
     )
     parser.add_argument(
         "--probabilities-atol",
         type=float,
         default=Tolerance.probabilities_atol,
-        help="largest probability difference allowed",
+        metavar="A",
+        help="largest probability difference allowed (%(default)s)",
+    )
+    quantization = parser.add_argument_group(
+        "int8 quantization",
+        "Quantize the float32 model at --output (converting it first if it is not "
+        "there) to an int8 model beside it, e.g. models/inception_v3.int8.onnx.",
+    )
+    quantization.add_argument("--quantize", choices=["int8"], help="also write an int8 model")
+    quantization.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="DIR",
+        help="folder of real photos to calibrate on (required with --quantize)",
+    )
+    quantization.add_argument(
+        "--verification",
+        type=Path,
+        metavar="DIR",
+        help="folder of photos to verify on; without it, every other calibration "
+        "photo is held out of calibration and verified on",
+    )
+    quantization.add_argument(
+        "--min-top1-agreement",
+        type=float,
+        default=DEFAULT_MIN_TOP1_AGREEMENT,
+        metavar="SHARE",
+        help="refuse an int8 model whose top-1 class agrees with float32's on a "
+        "smaller share of the verification photos (%(default)s)",
     )
     args = parser.parse_args(argv)
     if args.output.suffix != ".onnx":
         parser.error(f"--output must end in .onnx, got {args.output}")
+    if args.quantize and args.calibration is None:
+        parser.error("--quantize int8 needs --calibration DIR, a folder of real photos")
     if not args.labels.is_file():
         parser.error(f"labels file {args.labels} not found")
     return args
@@ -137,19 +182,43 @@ def convert(args: argparse.Namespace) -> None:
     )
 
 
+def quantize(args: argparse.Namespace) -> None:
+    """Quantize the verified float32 model; nothing is written unless it agrees."""
+    from conversion.quantize import check_agreement, quantize_int8, split_photos
+
+    float_metadata = load_metadata(args.output)
+    print(f"Quantizing {args.output} (weights: {float_metadata.weights_source})")
+    spec = float_metadata.preprocessing
+    split = split_photos(args.calibration, args.verification)
+    output = args.output.with_suffix(".int8.onnx")
+    with step(f"Calibrating on {len(split.calibration)} photos and quantizing to int8"):
+        model_bytes = quantize_int8(args.output, split.calibration, spec, float_metadata.input.name)
+    with step(f"Comparing int8 with float32 on {len(split.verification)} held-out photos"):
+        report = check_agreement(
+            args.output, model_bytes, split.verification, spec, args.min_top1_agreement
+        )
+        print(f"  {report.summary()}")
+    if not report.passed:
+        raise VerificationError(
+            f"The int8 model disagrees with float32 ({report.summary()}); nothing was written."
+        )
+    with step(f"Writing {output}"):
+        metadata = int8_metadata(float_metadata, output, model_bytes, split.describe(), report)
+        labels = (args.output.parent / float_metadata.labels_file).read_bytes()
+        publish(output, model_bytes, metadata, labels)
+    print(f"Wrote {output} ({len(model_bytes) / 1e6:.1f} MB, sha256 {metadata.sha256[:12]}...)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        convert(args)
-    except VerificationError as error:
+        if not (args.quantize and args.output.is_file()):
+            convert(args)
+        if args.quantize:
+            quantize(args)
+    except tuple(EXIT_CODES) as error:
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_VERIFICATION_FAILED
-    except WeightsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_WEIGHTS
-    except OutputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_OUTPUT
+        return EXIT_CODES[type(error)]
     return 0
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from classifier.metadata import ModelMetadata, Preprocessing, TensorSpec
 from conversion.artifacts import sha256_of_bytes
 from conversion.export import INPUT_NAME, OUTPUT_NAME
 from conversion.keras_model import WeightsSource
+from conversion.quantize import AgreementReport
 from conversion.verify import ParityReport
 
 TOOLCHAIN = ("tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "pillow")
@@ -41,5 +44,25 @@ def model_metadata(
         labels_file=labels_file,
         opset=opset,
         versions=toolchain_versions(),
-        verification={"against": "keras", **report.as_dict()},
+        verification={"against": "Keras", **report.as_dict()},
+    )
+
+
+def int8_metadata(
+    float_metadata: ModelMetadata,
+    model_path: Path,
+    model_bytes: bytes,
+    calibration: dict[str, Any],
+    report: AgreementReport,
+) -> ModelMetadata:
+    """The float32 model's metadata, restated for its int8 quantization."""
+    return replace(
+        float_metadata,
+        model_file=model_path.name,
+        sha256=sha256_of_bytes(model_bytes),
+        size_bytes=len(model_bytes),
+        precision="int8",
+        versions=toolchain_versions(),
+        verification={"against": "float32 ONNX", **report.as_dict()},
+        calibration=calibration,
     )

@@ -1,0 +1,66 @@
+"""Confident random weights: a stand-in for ImageNet's where they cannot be had.
+
+Seeded random weights give near-uniform probabilities (every class about
+0.001), where comparing two models' top classes means nothing. Scaling the
+final dense layer sharpens the softmax until the top class takes most of the
+probability, as a trained model's does, without changing which class is on
+top. The convolutional features stay random, so they carry far less of the
+image than trained features do: measurements on this model are a floor for
+int8 agreement, not a forecast for ImageNet weights.
+
+    python -m conversion.synthetic --seed 0 --output /tmp/confident.weights.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from classifier.metadata import Preprocessing
+from classifier.preprocess import preprocess
+from conversion.keras_model import WeightsSource, build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PHOTOS = sorted((ROOT / "examples").glob("*.png"))
+
+
+def _median_top_probability(logits: np.ndarray) -> float:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return float(np.median(shifted.max(axis=1) / shifted.sum(axis=1)))
+
+
+def write_confident_weights(
+    path: Path, seed: int = 0, photos: Sequence[Path] = DEFAULT_PHOTOS, confidence: float = 0.7
+) -> float:
+    """Write seeded random weights whose top class holds ``confidence`` (median
+    over ``photos``) of the probability; return the dense layer's scale."""
+    import keras
+
+    model = build_model(WeightsSource("random", seed=seed))
+    head = model.layers[-1]
+    inputs = np.stack([preprocess(photo, Preprocessing()) for photo in photos])
+    features = np.asarray(keras.Model(model.input, head.input)(inputs, training=False))
+    kernel, bias = head.get_weights()
+    logits = features @ kernel + bias
+    scale = 1.0
+    while _median_top_probability(logits * scale) < confidence:
+        scale *= 2.0
+    head.set_weights([kernel * scale, bias * scale])
+    model.save_weights(path)
+    return scale
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, required=True, help="a .weights.h5 file")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    scale = write_confident_weights(args.output, args.seed)
+    print(f"Wrote {args.output} (dense layer scaled by {scale:g})")
+
+
+if __name__ == "__main__":
+    main()
