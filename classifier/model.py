@@ -8,6 +8,7 @@ numpy, Pillow and onnxruntime.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -84,6 +85,19 @@ def _env_flag(name: str, default: bool) -> bool:
     return value.strip().lower() not in {"0", "false", "no", "off", ""}
 
 
+def release_freed_memory() -> None:
+    """Hand memory that is free but still held by the C heap back to the OS.
+
+    Loading a session parses the model and then lays its weights out afresh,
+    so about one model's worth of memory is freed at the end; glibc keeps it
+    unless asked, and a 512 MB dyno cannot spare that.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        log.debug("malloc_trim is not available here (not glibc)")
+
+
 def load_metadata(model_path: Path) -> ModelMetadata:
     """Read the model's metadata and check the model file against it."""
     if not model_path.is_file():
@@ -154,6 +168,7 @@ class Classifier:
         self._input_name = self._session.get_inputs()[0].name
         self._run_lock = threading.Lock()
         self.warm_up()
+        release_freed_memory()
         log.info(
             "Loaded %s (%s, weights: %s)",
             self.model_path,
