@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ def model_metadata(
         labels_file=labels_file,
         opset=opset,
         versions=toolchain_versions(),
-        verification={"against": "Keras", **report.as_dict()},
+        verification={"against": "Keras", **asdict(report)},
     )
 
 
@@ -63,6 +63,6 @@ def int8_metadata(
         size_bytes=len(model_bytes),
         precision="int8",
         versions=toolchain_versions(),
-        verification={"against": "float32 ONNX", **report.as_dict()},
+        verification={"against": "float32 ONNX", **asdict(report)},
         calibration=calibration,
     )

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +140,6 @@ class AgreementReport:
     max_abs_probability_diff: float
     min_top1_agreement: float
     passed: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def summary(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
