@@ -15,6 +15,10 @@ MAX_FILE_SIZE = "20mb"
 QUEUE_SIZE = 64
 # Temporary uploads: swept every 10 minutes, once an hour old.
 DELETE_CACHE = (600, 3600)
+# After Classify: where the columns stack (phones), the answer is below the fold.
+SHOW_ANSWER_JS = (
+    "() => document.getElementById('answer').scrollIntoView({behavior: 'smooth', block: 'nearest'})"
+)
 
 
 def uploaded_image(**kwargs: object) -> gr.Image:
@@ -32,17 +36,28 @@ def uploaded_image(**kwargs: object) -> gr.Image:
 
 
 def describe(metadata: ModelMetadata) -> str:
-    """The page's description: the model, its weights and how it was checked."""
+    """What the page does, and, set apart in bold, that random weights answer nonsense."""
+    intro = (
+        f"Drop a photo, or pick an example, to see the {TOP_K} most likely of the 1000 "
+        "ImageNet classes."
+    )
+    if metadata.weights.get("source") != "random":
+        return intro
+    return (
+        f"{intro}\n\n> **Demo only: these are random test weights, not ImageNet's, so the "
+        "answers are meaningless.**"
+    )
+
+
+def provenance(metadata: ModelMetadata) -> str:
+    """The model, its weights and how it was checked: below the app, out of a phone's way."""
     weights = metadata.weights
     if weights.get("source") == "random":
-        source = (
-            f"**random test weights (seed {weights.get('seed')}), not ImageNet's: "
-            "the answers are meaningless.** This is a demo of the machinery only."
-        )
+        source = f"random test weights (seed {weights.get('seed')})"
     elif weights.get("source") == "imagenet":
         source = "Keras' ImageNet weights"
     else:
-        source = f"weights from `{weights.get('file')}`"
+        source = f"`{weights.get('file')}`"
     verification = metadata.verification
     checked = (
         f" Verified against {verification['against'].capitalize()}: largest probability "
@@ -51,15 +66,18 @@ def describe(metadata: ModelMetadata) -> str:
         else ""
     )
     return (
-        f"Drop a photo to see {metadata.architecture}'s top {TOP_K} of 1000 ImageNet "
-        f"classes. Model: {metadata.architecture}, {metadata.precision} ONNX "
-        f"(opset {metadata.opset}, {metadata.size_bytes / 1e6:.0f} MB), run by ONNX "
-        f"Runtime; weights: {source}{checked}"
+        f"Model: {metadata.architecture}, {metadata.precision} ONNX (opset {metadata.opset}, "
+        f"{metadata.size_bytes / 1e6:.0f} MB), run by ONNX Runtime; weights: {source}.{checked}"
     )
 
 
 def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
-    """The page, with a stable ``/predict`` API endpoint for ``gradio_client``."""
+    """The page, with a stable ``/predict`` API endpoint for ``gradio_client``.
+
+    The examples sit under the photo, so where the columns stack (phones) they
+    stay by the input rather than below the answer; Classify then scrolls the
+    answer on screen (Gradio 6.31's ``scroll_to_output`` does nothing).
+    """
 
     def predict(image_path: str | None) -> dict[str, float]:
         if image_path is None:
@@ -67,7 +85,9 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
         try:
             predictions = classifier.classify(image_path, TOP_K)
         except ImageError as error:
-            raise gr.Error(str(error)) from error
+            # The visitor's to fix: the message stays until closed, and no traceback
+            # goes to the server log.
+            raise gr.Error(str(error), duration=None, print_exception=False) from error
         return {prediction.label: prediction.probability for prediction in predictions}
 
     metadata = classifier.metadata
@@ -77,19 +97,28 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
         delete_cache=DELETE_CACHE,
     ) as demo:
         gr.Markdown(f"# {metadata.architecture} image classifier\n{describe(metadata)}")
+        label = gr.Label(
+            num_top_classes=TOP_K, label=f"Top {TOP_K} classes", elem_id="answer", render=False
+        )
         with gr.Row(equal_height=False):
             with gr.Column():
                 image = uploaded_image(label="Photo", sources=["upload", "clipboard"])
                 submit = gr.Button("Classify", variant="primary")
+                # Wired before the examples, whose event would otherwise take "predict"
+                # and leave this one the public "/predict_1".
+                submit.click(
+                    predict, image, label, api_name="predict", concurrency_limit=4
+                ).success(None, js=SHOW_ANSWER_JS)
+                gr.Examples(
+                    examples=[[str(path)] for path in examples],
+                    inputs=image,
+                    outputs=label,
+                    fn=predict,
+                    run_on_click=True,
+                    cache_examples=False,
+                    label="Or try an example",
+                )
             with gr.Column():
-                label = gr.Label(num_top_classes=TOP_K, label=f"Top {TOP_K}")
-        gr.Examples(
-            examples=[[str(path)] for path in examples],
-            inputs=image,
-            outputs=label,
-            fn=predict,
-            run_on_click=True,
-            cache_examples=False,
-        )
-        submit.click(predict, image, label, api_name="predict", concurrency_limit=4)
+                label.render()
+        gr.Markdown(provenance(metadata))
     return demo
