@@ -3,11 +3,8 @@
 Random weights give near-uniform outputs, where top-1 agreement means
 nothing, so these tests quantize a confident test model: seeded random
 weights with the dense layer scaled until the top class holds most of the
-probability (``conversion.synthetic``). Its random convolutional features
-carry little of the image and are fragile under int8 rounding, so it agrees
-with float32 less often than ImageNet weights would: the converter's default
-bar of 99% top-1 agreement is lowered to 90% for it here, and measured, not
-assumed, in docs/benchmarks.md.
+probability (``conversion.synthetic``). The converter's own bar, 99% top-1
+agreement on the held-out photos, applies to it unchanged.
 """
 
 from __future__ import annotations
@@ -27,8 +24,6 @@ from PIL import Image
 from classifier import Classifier
 from classifier.metadata import ModelMetadata, sha256_of
 from conversion.synthetic import write_confident_weights
-
-TEST_MODEL_AGREEMENT = "0.9"
 
 
 @dataclass(frozen=True)
@@ -54,22 +49,14 @@ def quantized(tmp_path_factory: pytest.TempPathFactory) -> Quantized:
     float_model = folder / "inception_v3.onnx"
     with contextlib.redirect_stdout(io.StringIO()):
         assert run_converter("--weights", str(weights), "--output", str(float_model)) == 0
-    code, stdout = quantize(
-        float_model,
-        "--calibration",
-        str(IMAGENET_SAMPLE),
-        "--min-top1-agreement",
-        TEST_MODEL_AGREEMENT,
-    )
+    code, stdout = quantize(float_model, "--calibration", str(IMAGENET_SAMPLE))
     assert code == 0, stdout
     return Quantized(float_model, folder / "inception_v3.int8.onnx", stdout)
 
 
 def test_int8_model_is_written_with_its_metadata(quantized: Quantized) -> None:
     metadata = ModelMetadata.from_json(quantized.int8_model.with_suffix(".json").read_text())
-    float_metadata = ModelMetadata.from_json(
-        quantized.float_model.with_suffix(".json").read_text()
-    )
+    float_metadata = ModelMetadata.from_json(quantized.float_model.with_suffix(".json").read_text())
     assert metadata.precision == "int8"
     assert metadata.sha256 == sha256_of(quantized.int8_model)
     assert metadata.weights == float_metadata.weights
@@ -81,14 +68,15 @@ def test_int8_model_is_written_with_its_metadata(quantized: Quantized) -> None:
     verification = metadata.verification
     assert verification["against"] == "float32 ONNX"
     assert verification["samples"] == 50
-    assert verification["top1_agreement"] >= float(TEST_MODEL_AGREEMENT)
+    assert verification["top1_agreement"] >= 0.99
     assert 0.0 < verification["top5_overlap"] <= 1.0
     assert "held-out photos: top-1 agreement" in quantized.stdout
 
 
-def test_int8_model_is_about_four_times_smaller(quantized: Quantized) -> None:
+def test_int8_model_is_about_three_times_smaller(quantized: Quantized) -> None:
+    # int8 weights are a quarter of float32's; the float32 head adds 8 MB.
     ratio = quantized.int8_model.stat().st_size / quantized.float_model.stat().st_size
-    assert 0.2 < ratio < 0.3
+    assert 0.25 < ratio < 0.35
 
 
 def test_int8_model_holds_quantized_weights(quantized: Quantized) -> None:
@@ -130,8 +118,6 @@ def test_disagreeing_int8_model_is_refused_and_nothing_is_kept(
         str(gray),
         "--verification",
         str(IMAGENET_SAMPLE),
-        "--min-top1-agreement",
-        TEST_MODEL_AGREEMENT,
     )
 
     assert code == 1, stdout
