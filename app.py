@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
+from classifier.assets import EXAMPLE_PHOTOS
 from classifier.model import Classifier, ModelError
-
-ROOT = Path(__file__).resolve().parent
-EXAMPLES = sorted((ROOT / "examples").glob("*.png"))
 
 
 def main() -> int:
@@ -26,9 +23,10 @@ def main() -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
+    # Gradio takes seconds to import: a broken model is reported before that.
     from classifier.ui import MAX_FILE_SIZE, QUEUE_SIZE, build_demo
 
-    demo = build_demo(classifier, EXAMPLES)
+    demo = build_demo(classifier, EXAMPLE_PHOTOS)
     demo.queue(max_size=QUEUE_SIZE).launch(max_file_size=MAX_FILE_SIZE, show_error=False)
     return 0
 

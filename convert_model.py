@@ -17,6 +17,7 @@ from pathlib import Path
 # Keep TensorFlow's C++ start-up chatter off the user's terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from classifier.assets import DEFAULT_MODEL_PATH, EXAMPLE_PHOTOS, LABELS
 from classifier.metadata import Preprocessing
 from classifier.model import ModelError, load_metadata
 from conversion.artifacts import OutputError, check_writable, publish
@@ -25,11 +26,6 @@ from conversion.keras_model import WeightsError, WeightsSource
 from conversion.metadata import int8_metadata, model_metadata
 from conversion.quantize import CalibrationError
 from conversion.verify import Tolerance
-
-ROOT = Path(__file__).resolve().parent
-DEFAULT_OUTPUT = Path("models/inception_v3.onnx")
-DEFAULT_LABELS = ROOT / "models" / "imagenet_class_index.json"
-DEFAULT_PHOTOS = sorted((ROOT / "examples").glob("*.png"))
 
 DEFAULT_MIN_TOP1_AGREEMENT = 0.99
 
@@ -68,16 +64,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output",
         type=Path,
-        default=DEFAULT_OUTPUT,
+        default=DEFAULT_MODEL_PATH,
         metavar="PATH",
         help="the .onnx file to write; its metadata .json and the labels go beside "
-        "it (%(default)s)",
+        "it (models/inception_v3.onnx)",
     )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (%(default)s)")
     parser.add_argument(
         "--labels",
         type=Path,
-        default=DEFAULT_LABELS,
+        default=LABELS,
         metavar="PATH",
         help="Keras class index JSON to ship beside the model (models/imagenet_class_index.json)",
     )
@@ -85,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--photos",
         type=Path,
         nargs="+",
-        default=DEFAULT_PHOTOS,
+        default=EXAMPLE_PHOTOS,
         metavar="PHOTO",
         help="real photos to verify on (examples/*.png); deterministic noise is always added",
     )

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from classifier.assets import DEFAULT_MODEL_PATH
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.preprocess import DEFAULT_MAX_PIXELS, ImageSource, preprocess
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_PATH = Path("models/inception_v3.onnx")
 CONVERT_HINT = "run `python convert_model.py` (see the README) to create it"
 
 

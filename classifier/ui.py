@@ -60,8 +60,9 @@ def provenance(metadata: ModelMetadata) -> str:
         source = f"`{weights.get('file')}`"
     verification = metadata.verification
     checked = (
-        f" Verified against {verification['against'].capitalize()}: largest probability "
-        f"difference {verification['max_abs_probability_diff']:.1g}."
+        f" Verified against {verification['against']}: top-1 agreement "
+        f"{verification['top1_agreement']:.0%}, largest probability difference "
+        f"{verification['max_abs_probability_diff']:.1g}."
         if verification.get("passed")
         else ""
     )

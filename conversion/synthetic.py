@@ -19,12 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from classifier.assets import EXAMPLE_PHOTOS
 from classifier.metadata import Preprocessing
 from classifier.preprocess import preprocess
 from conversion.keras_model import WeightsSource, build_model
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PHOTOS = sorted((ROOT / "examples").glob("*.png"))
 
 
 def _median_top_probability(logits: np.ndarray) -> float:
@@ -33,7 +31,7 @@ def _median_top_probability(logits: np.ndarray) -> float:
 
 
 def write_confident_weights(
-    path: Path, seed: int = 0, photos: Sequence[Path] = DEFAULT_PHOTOS, confidence: float = 0.7
+    path: Path, seed: int = 0, photos: Sequence[Path] = EXAMPLE_PHOTOS, confidence: float = 0.7
 ) -> float:
     """Write seeded random weights whose top class holds ``confidence`` (median
     over ``photos``) of the probability; return the dense layer's scale."""

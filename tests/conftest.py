@@ -14,7 +14,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-ROOT = Path(__file__).resolve().parent.parent
+from classifier.assets import ROOT
+
 EXAMPLES = ROOT / "examples"
 CAT_PHOTO = EXAMPLES / "chelsea.png"
 COFFEE_PHOTO = EXAMPLES / "coffee.png"

@@ -68,6 +68,12 @@ def test_procfile_binds_all_interfaces_on_port(app_url: str) -> None:
     assert "InceptionV3 image classifier" in page
 
 
+def test_predict_is_the_public_endpoint(client: Client) -> None:
+    assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == [
+        "/predict"
+    ]
+
+
 def test_page_says_the_weights_are_random(app_url: str) -> None:
     with urllib.request.urlopen(f"{app_url}config", timeout=10) as response:
         config = response.read().decode()
