@@ -1,0 +1,228 @@
+"""Slug size: what Heroku would ship, gzip-compressed, ours against the TensorFlow way.
+
+Heroku counts the compressed tarball of the built app (at most 500 MB):
+the installed dependencies, the Python runtime, the repository files that
+``.slugignore`` keeps, and the model. The dependencies are installed from
+``requirements.txt`` into a fresh virtual environment; the TensorFlow
+variant swaps onnxruntime for ``tensorflow-cpu`` and keeps all else equal.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from fnmatch import fnmatch
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from common import MB, ROOT, models, options, report
+
+TENSORFLOW = "tensorflow-cpu==2.21.0"
+Size = tuple[float, float]
+"""(compressed, uncompressed) MB."""
+
+
+class ByteCounter:
+    """A write-only file that only counts bytes: the tarball is never stored."""
+
+    def __init__(self) -> None:
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def compressed_size(files: list[tuple[Path, str]]) -> Size:
+    """(compressed, uncompressed) MB of a ``tar czf`` of ``files`` (gzip level 6, as tar's)."""
+    counter = ByteCounter()
+    raw = 0
+    with (
+        gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=6, mtime=0) as stream,
+        tarfile.open(fileobj=stream, mode="w|") as tar,
+    ):
+        for path, name in files:
+            tar.add(path, arcname=name, recursive=False)
+            if path.is_file() and not path.is_symlink():
+                raw += path.stat().st_size
+    return counter.size / MB, raw / MB
+
+
+def tree(
+    folder: Path, prefix: str, keep: Callable[[Path], bool] = lambda _: True
+) -> list[tuple[Path, str]]:
+    """Every file and link under ``folder`` whose relative path ``keep`` accepts, as tar entries."""
+    return [
+        (path, f"{prefix}/{path.relative_to(folder)}")
+        for path in sorted(folder.rglob("*"))
+        if (path.is_symlink() or path.is_file()) and keep(path.relative_to(folder))
+    ]
+
+
+def dropped_by_slugignore(path: str, patterns: list[str]) -> bool:
+    """Whether ``.slugignore`` drops ``path``: gitignore-like, without negation.
+
+    A pattern with a slash inside is anchored at the root; one without
+    matches a file or folder name anywhere.
+    """
+    candidates = [PurePosixPath(path), *PurePosixPath(path).parents][:-1]
+    for pattern in patterns:
+        body = pattern.strip("/")
+        for candidate in candidates:
+            if fnmatch(str(candidate) if "/" in body else candidate.name, body):
+                return True
+    return False
+
+
+def app_files() -> list[tuple[Path, str]]:
+    """The committed files the slug keeps (Heroku builds from git), under ``app/``.
+
+    Committed models and their metadata are left out: each row adds the one
+    model it is about.
+    """
+    listed = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    lines = (ROOT / ".slugignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    committed_models = {
+        str(PurePosixPath(name).with_suffix(suffix))
+        for name in listed
+        if name.endswith(".onnx")
+        for suffix in (".onnx", ".json")
+    }
+    return [
+        (ROOT / name, f"app/{name}")
+        for name in listed
+        if name not in committed_models
+        and not dropped_by_slugignore(name, patterns)
+        and (ROOT / name).is_file()
+    ]
+
+
+def model_files(model: Path) -> list[tuple[Path, str]]:
+    """A model and its metadata, where the app expects them."""
+    return [(path, f"app/models/{path.name}") for path in (model, model.with_suffix(".json"))]
+
+
+def install(requirements: list[str], folder: Path) -> list[tuple[Path, str]]:
+    """A fresh venv with ``requirements`` installed from the registry, as tar entries."""
+    (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    venv = folder / "venv"
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    print(f"installing {', '.join(requirements)} into a fresh venv ...", flush=True)
+    pip = [venv / "bin" / "python", "-m", "pip", "install", "--no-input", "-r"]
+    done = subprocess.run([*pip, folder / "requirements.txt"], capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"error: pip failed:\n{done.stdout}\n{done.stderr}")
+    return tree(venv, "app/.heroku/python")
+
+
+def in_heroku_runtime(relative: Path) -> bool:
+    """Whether Heroku's own Python build ships this stdlib file.
+
+    Its build script (heroku-buildpack-python, builds/build_python_runtime.sh)
+    leaves out tests, static libraries and the -O / -OO bytecode.
+    """
+    dropped_folders = {"site-packages", "test", "tests", "idle_test"}
+    return not (
+        dropped_folders.intersection(relative.parts)
+        or relative.name.endswith((".a", ".opt-1.pyc", ".opt-2.pyc"))
+    )
+
+
+def python_runtime() -> list[tuple[Path, str]]:
+    """The interpreter and its standard library, as Heroku ships them: equal for both."""
+    base = Path(sys.base_prefix)
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    binaries = [
+        (path, f"python/{path.relative_to(base)}")
+        for path in [base / "bin" / version, *(base / "lib").glob(f"lib{version}*.so*")]
+        if path.is_file()
+    ]
+    return binaries + tree(base / "lib" / version, f"python/lib/{version}", in_heroku_runtime)
+
+
+def packages(entries: list[tuple[Path, str]]) -> dict[str, list[tuple[Path, str]]]:
+    """A venv's entries grouped by package: the top name in site-packages, without suffixes.
+
+    ``numpy/``, ``numpy.libs/`` and ``numpy-2.4.6.dist-info/`` all count as numpy.
+    """
+    groups: dict[str, list[tuple[Path, str]]] = defaultdict(list)
+    for path, name in entries:
+        parts = PurePosixPath(name).parts
+        inside = parts[parts.index("site-packages") + 1 :] if "site-packages" in parts else ()
+        key = re.split(r"[-.]", inside[0])[0].lower() if inside else "(venv)"
+        groups[key].append((path, name))
+    return groups
+
+
+def total(sizes: Iterable[Size]) -> Size:
+    sizes = list(sizes)
+    return sum(size[0] for size in sizes), sum(size[1] for size in sizes)
+
+
+def main() -> None:
+    arguments = options(__doc__.splitlines()[0])
+    arguments.add_argument("--top", type=int, default=8, help="largest packages listed")
+    args = arguments.parse_args()
+    paths = models(args)
+    ours = [
+        line.strip()
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    variants = {
+        "onnxruntime (ours)": ours,
+        "tensorflow-cpu": [TENSORFLOW if line.startswith("onnxruntime") else line for line in ours],
+    }
+    python, app = compressed_size(python_runtime()), compressed_size(app_files())
+    dependencies: dict[str, Size] = {}
+    largest: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="slug-") as folder:
+        for variant, requirements in variants.items():
+            venv_folder = Path(folder) / variant.split()[0]
+            venv_folder.mkdir()
+            groups = packages(install(requirements, venv_folder))
+            sizes = {key: compressed_size(entries) for key, entries in groups.items()}
+            dependencies[variant] = total(sizes.values())
+            ranked = sorted(sizes.items(), key=lambda item: item[1][0], reverse=True)
+            largest += [
+                {"dependencies": variant, "name": key, "MB": size[0], "uncompressed_MB": size[1]}
+                for key, size in ranked[: args.top]
+            ]
+    rows: list[dict[str, Any]] = []
+    for model in paths:
+        model_size = compressed_size(model_files(model))
+        for variant, deps in dependencies.items():
+            slug = total([deps, python, app, model_size])
+            rows.append(
+                {
+                    "model": model.name,
+                    "dependencies": variant,
+                    "deps_MB": deps[0],
+                    "python_MB": python[0],
+                    "app_MB": app[0],
+                    "model_MB": model_size[0],
+                    "slug_MB": slug[0],
+                    "uncompressed_MB": slug[1],
+                }
+            )
+    tables = {
+        "Compressed slug (tar.gz, gzip level 6), MB": rows,
+        f"The {args.top} largest top-level names in site-packages, compressed MB": largest,
+    }
+    report(args, "slug", tables)
+
+
+if __name__ == "__main__":
+    main()
