@@ -67,21 +67,23 @@ def main() -> int:
 
     with gr.Blocks(title="InceptionV3 image classifier (Keras)", analytics_enabled=False) as demo:
         gr.Markdown(f"# InceptionV3 image classifier (Keras)\nWeights: {weights.describe()}")
+        label = gr.Label(num_top_classes=TOP_K, label=f"Top {TOP_K} classes", render=False)
         with gr.Row(equal_height=False):
             with gr.Column():
                 image = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
                 submit = gr.Button("Classify", variant="primary")
+                # Before the examples, as in ours: else theirs would take "/predict".
+                submit.click(predict, image, label, api_name="predict", concurrency_limit=4)
+                gr.Examples(
+                    examples=[[str(path)] for path in sorted((ROOT / "examples").glob("*.png"))],
+                    inputs=image,
+                    outputs=label,
+                    fn=predict,
+                    run_on_click=True,
+                    cache_examples=False,
+                )
             with gr.Column():
-                label = gr.Label(num_top_classes=TOP_K, label=f"Top {TOP_K}")
-        gr.Examples(
-            examples=[[str(path)] for path in sorted((ROOT / "examples").glob("*.png"))],
-            inputs=image,
-            outputs=label,
-            fn=predict,
-            run_on_click=True,
-            cache_examples=False,
-        )
-        submit.click(predict, image, label, api_name="predict", concurrency_limit=4)
+                label.render()
     demo.queue(max_size=64).launch(max_file_size="20mb", show_error=False)
     return 0
 
