@@ -202,7 +202,7 @@ def main() -> None:
     args = arguments.parse_args()
     paths = models(args)
 
-    from classifier import Classifier
+    from classifier.model import Classifier
 
     flops_before = matmul_flops()
     comparison: list[dict[str, Any]] = []

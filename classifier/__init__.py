@@ -1,6 +1,6 @@
-"""The runtime: preprocessing, the ONNX model and the page; no TensorFlow."""
+"""The runtime: preprocessing, the ONNX model and the page; never TensorFlow.
 
-from classifier.model import Classifier, ModelError, Prediction
-from classifier.preprocess import ImageError, ImageTooLargeError
-
-__all__ = ["Classifier", "ImageError", "ImageTooLargeError", "ModelError", "Prediction"]
+The API is ``classifier.model.Classifier``; this package imports nothing
+itself, so the converter can read ``classifier.metadata`` without loading
+onnxruntime.
+"""

@@ -71,6 +71,8 @@ class SessionSettings:
         options.intra_op_num_threads = self.intra_op_threads or (os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         options.enable_cpu_mem_arena = self.memory_arena
+        # Planning one block for all activations ahead costs ~13 MB, saves no time.
+        options.enable_mem_pattern = False
         options.log_severity_level = 3
         options.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if self.allow_spinning else "0"

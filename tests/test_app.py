@@ -17,7 +17,7 @@ from gradio_client.exceptions import AppError
 from images import INVALID, VALID
 from server import serving
 
-from classifier import Classifier
+from classifier.model import Classifier
 
 
 @pytest.fixture(scope="module")

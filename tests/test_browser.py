@@ -18,7 +18,7 @@ from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT
 from images import write_text_as_jpeg
 from server import serving
 
-from classifier import Classifier
+from classifier.model import Classifier
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright

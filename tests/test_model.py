@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT, Converted
 
-from classifier import Classifier, ImageError, ModelError
 from classifier.metadata import metadata_path_for
+from classifier.model import Classifier, ModelError
+from classifier.preprocess import ImageError
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_model_onnxruntime_cannot_load_is_refused(model_path: Path, tmp_path: Pa
 def test_runtime_never_imports_tensorflow(model_path: Path) -> None:
     code = (
         "import sys, app, classifier.ui\n"
-        "from classifier import Classifier\n"
+        "from classifier.model import Classifier\n"
         f"Classifier({str(model_path)!r}).classify({str(CAT_PHOTO)!r})\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'tensorflow', 'keras', 'tf2onnx', 'onnx', 'h5py'})\n"

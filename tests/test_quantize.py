@@ -21,8 +21,8 @@ import pytest
 from conftest import CAT_PHOTO, IMAGENET_SAMPLE, imagenet_sample_photos, run_converter
 from PIL import Image
 
-from classifier import Classifier
 from classifier.metadata import ModelMetadata, sha256_of
+from classifier.model import Classifier
 from conversion.synthetic import write_confident_weights
 
 
