@@ -3,13 +3,15 @@
 Heroku counts the compressed tarball of the built app (at most 500 MB):
 the installed dependencies, the Python runtime, the repository files that
 ``.slugignore`` keeps, and the model. The dependencies are installed from
-``requirements.txt`` into a fresh virtual environment; the TensorFlow
+``requirements.txt`` into a fresh virtual environment, then pruned by
+``bin/post_compile`` as Heroku's buildpack does; the TensorFlow
 variant swaps onnxruntime for ``tensorflow-cpu`` and keeps all else equal.
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import subprocess
 import sys
@@ -124,6 +126,9 @@ def install(requirements: list[str], folder: Path) -> list[tuple[Path, str]]:
     done = subprocess.run([*pip, folder / "requirements.txt"], capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"error: pip failed:\n{done.stdout}\n{done.stderr}")
+    # Heroku's buildpack runs the app's post-compile hook with this Python first on PATH.
+    path = f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    subprocess.run([ROOT / "bin" / "post_compile"], env={**os.environ, "PATH": path}, check=True)
     return tree(venv, "app/.heroku/python")
 
 
