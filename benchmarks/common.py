@@ -35,9 +35,12 @@ if str(ROOT) not in sys.path:
 
 # gradio_client sends telemetry unless this says otherwise (its own flag is not enough).
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+from classifier import assets  # noqa: E402  (needs the root on sys.path)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DEFAULT_MODEL = ROOT / "models" / "inception_v3.onnx"
+DEFAULT_MODEL = assets.DEFAULT_MODEL_PATH
 CAT_PHOTO = ROOT / "examples" / "chelsea.png"
 SAMPLE_PHOTOS = ROOT.parent / "shared" / "assets" / "imagenet-sample"
 HEROKU_MEMORY_MB = 512

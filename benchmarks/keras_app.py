@@ -17,10 +17,11 @@ import sys
 import threading
 from pathlib import Path
 
-from common import DEFAULT_MODEL, ROOT, keras_weights
+from common import DEFAULT_MODEL, keras_weights
+
+from classifier.assets import EXAMPLE_PHOTOS, LABELS
 
 TOP_K = 5
-LABELS = ROOT / "models" / "imagenet_class_index.json"
 
 
 def main() -> int:
@@ -75,7 +76,7 @@ def main() -> int:
                 # Before the examples, as in ours: else theirs would take "/predict".
                 submit.click(predict, image, label, api_name="predict", concurrency_limit=4)
                 gr.Examples(
-                    examples=[[str(path)] for path in sorted((ROOT / "examples").glob("*.png"))],
+                    examples=[[str(path)] for path in EXAMPLE_PHOTOS],
                     inputs=image,
                     outputs=label,
                     fn=predict,
