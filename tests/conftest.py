@@ -7,6 +7,7 @@ folders only; they must never land in ``models/``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +62,16 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Converted:
 @pytest.fixture(scope="session")
 def model_path(converted: Converted) -> Path:
     return converted.model_path
+
+
+@pytest.fixture(scope="session")
+def app_url(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app on a free port, started by the Procfile's command, for the session."""
+    from server import serving
+
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    with serving(model_path, log) as url:
+        yield url
 
 
 def imagenet_sample_photos() -> list[Path]:

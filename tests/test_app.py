@@ -6,7 +6,6 @@ import subprocess
 import sys
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -15,16 +14,8 @@ from conftest import CAT_PHOTO, ROOT
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from images import INVALID, VALID
-from server import serving
 
 from classifier.model import Classifier
-
-
-@pytest.fixture(scope="module")
-def app_url(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("app") / "app.log"
-    with serving(model_path, log) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT
 from images import write_text_as_jpeg
-from server import serving
 
 from classifier.model import Classifier
 
@@ -56,13 +55,6 @@ class Screen:
 
 DESKTOP = Screen("desktop", 1280, 900, mobile=False)
 PHONE = Screen("phone", 390, 844, mobile=True)
-
-
-@pytest.fixture(scope="module")
-def app_url(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("browser-app") / "app.log"
-    with serving(model_path, log) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
