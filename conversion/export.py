@@ -1,9 +1,10 @@
 """Keras model -> ONNX graph, with stable names and byte-identical output.
 
 We convert with ``tf2onnx.convert.from_keras`` and an explicit input
-signature rather than Keras' ``model.export(format="onnx")``: Keras' route
-wraps the same tf2onnx call, but hides the opset and the tensor names, both
-of which this project pins (``images`` in, ``probabilities`` out).
+signature rather than Keras' ``model.export(format="onnx")``. Both end in
+tf2onnx, but Keras' route writes a file, while ``from_keras`` hands back the
+ONNX graph in memory: it is renamed, made deterministic and verified there,
+and only then written, atomically.
 """
 
 from __future__ import annotations
