@@ -170,7 +170,14 @@ def convert(args: argparse.Namespace) -> None:
         )
     with step(f"Writing {args.output}"):
         metadata = model_metadata(
-            args.output, model_bytes, weights, preprocessing, args.labels.name, args.opset, report
+            args.output,
+            model_bytes,
+            weights,
+            preprocessing,
+            args.labels.name,
+            args.opset,
+            keras_model.output_shape[-1],
+            report,
         )
         publish(args.output, model_bytes, metadata, args.labels.read_bytes())
     print(

@@ -38,8 +38,8 @@ def uploaded_image(**kwargs: object) -> gr.Image:
 def describe(metadata: ModelMetadata) -> str:
     """What the page does, and, set apart in bold, that random weights answer nonsense."""
     intro = (
-        f"Drop a photo, or pick an example, to see the {TOP_K} most likely of the 1000 "
-        "ImageNet classes."
+        f"Drop a photo, or pick an example, to see the {TOP_K} most likely of the "
+        f"{metadata.output.shape[-1]} ImageNet classes."
     )
     if metadata.weights.get("source") != "random":
         return intro

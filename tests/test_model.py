@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -118,9 +119,7 @@ def test_model_onnxruntime_cannot_load_is_refused(model_path: Path, tmp_path: Pa
     copy.write_bytes(b"garbage, but vouched for")
     metadata_path = metadata_path_for(copy)
     metadata = ModelMetadata.from_json(metadata_path.read_text())
-    vouched = metadata.__class__(
-        **{**metadata.__dict__, "sha256": sha256_of(copy), "size_bytes": copy.stat().st_size}
-    )
+    vouched = replace(metadata, sha256=sha256_of(copy), size_bytes=copy.stat().st_size)
     metadata_path.write_text(vouched.to_json())
     with pytest.raises(ModelError, match="onnxruntime cannot load"):
         Classifier(copy)
