@@ -490,21 +490,11 @@ def burst(url: str, photo: Path, requests: int, clients: int, time_limit: float)
 
 
 def keras_weights(model: Path) -> Any:
-    """The ``WeightsSource`` an ONNX model was converted from, read from its metadata.
-
-    A weights file is looked for beside the model, then in Keras' cache.
-    """
-    from conversion.keras_model import WeightsSource, keras_home
+    """The ``WeightsSource`` an ONNX model was converted from, read from its metadata."""
+    from conversion.keras_model import WeightsError, WeightsSource
 
     weights = json.loads(model.with_suffix(".json").read_text())["weights"]
-    source = weights.get("source")
-    if source == "random":
-        return WeightsSource("random", seed=int(weights.get("seed") or 0))
-    if source == "imagenet":
-        return WeightsSource("imagenet")
-    if source == "file":
-        for folder in (model.parent, keras_home() / "models"):
-            if (folder / weights["file"]).is_file():
-                return WeightsSource("file", path=folder / weights["file"])
-        sys.exit(f"error: weights file {weights['file']} of {model} not found beside it")
-    sys.exit(f"error: {model}'s metadata names unknown weights {weights!r}")
+    try:
+        return WeightsSource.from_description(weights, model.parent)
+    except WeightsError as error:
+        sys.exit(f"error: {model}: {error}")

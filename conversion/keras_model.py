@@ -32,6 +32,22 @@ class WeightsSource:
             return cls("random", seed=seed)
         return cls("file", path=Path(value))
 
+    @classmethod
+    def from_description(cls, described: dict[str, Any], folder: Path) -> WeightsSource:
+        """The inverse of ``describe``: a weights file is looked for in ``folder``
+        (beside the model), then in Keras' cache."""
+        source = described.get("source")
+        if source == "random":
+            return cls("random", seed=int(described.get("seed") or 0))
+        if source == "imagenet":
+            return cls("imagenet")
+        if source == "file":
+            for candidate in (folder, keras_home() / "models"):
+                if (candidate / described["file"]).is_file():
+                    return cls("file", path=candidate / described["file"])
+            raise WeightsError(f"Weights file {described['file']} not found in {folder}.")
+        raise WeightsError(f"Unknown weights {described!r}.")
+
     def describe(self) -> dict[str, Any]:
         """The provenance recorded in the model's metadata."""
         if self.kind == "random":

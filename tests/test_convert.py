@@ -296,3 +296,16 @@ def test_imagenet_weights_see_a_cat(tmp_path: Path) -> None:
     top5 = Classifier(output).classify(CAT_PHOTO)
     cats = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
     assert cats & {prediction.label for prediction in top5}
+
+
+def test_weights_description_round_trips(tmp_path: Path) -> None:
+    from conversion.keras_model import WeightsError, WeightsSource
+
+    random = WeightsSource("random", seed=3)
+    assert WeightsSource.from_description(random.describe(), tmp_path) == random
+    weights_file = tmp_path / "w.weights.h5"
+    weights_file.write_bytes(b"weights")
+    from_file = WeightsSource("file", path=weights_file)
+    assert WeightsSource.from_description(from_file.describe(), tmp_path) == from_file
+    with pytest.raises(WeightsError, match="not found"):
+        WeightsSource.from_description(from_file.describe(), tmp_path / "elsewhere")
