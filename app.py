@@ -1,15 +1,18 @@
-"""Serve the InceptionV3 classifier page.
+"""Serve the classifier: the Gradio page at ``/`` and the REST API beside it.
 
 The model comes from ``MODEL_PATH`` (default ``models/inception_v3.onnx``);
-host and port from ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``, which
-``setup.sh`` sets for Heroku. A model that is missing or does not match its
-metadata stops the app with one line, before any port is bound.
+the address from ``HOST`` and ``PORT`` (``setup.sh`` sets them for Heroku).
+A model that is missing or does not match its metadata stops the app with
+one line, before any port is bound; warming the model up happens once the
+port is bound (``/readyz`` says when it is done).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 
 from classifier.assets import EXAMPLE_PHOTOS
 from classifier.model import Classifier, ModelError
@@ -18,16 +21,24 @@ from classifier.model import Classifier, ModelError
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        classifier = Classifier.from_env()
+        classifier = Classifier.from_env(warm=False)
     except ModelError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
     # Gradio takes seconds to import: a broken model is reported before that.
+    import gradio as gr
+
+    from classifier.api import build_api
+    from classifier.serving import serve
     from classifier.ui import MAX_FILE_SIZE, QUEUE_SIZE, build_demo
 
-    demo = build_demo(classifier, EXAMPLE_PHOTOS)
-    demo.queue(max_size=QUEUE_SIZE).launch(max_file_size=MAX_FILE_SIZE, show_error=False)
+    page = build_demo(classifier, EXAMPLE_PHOTOS).queue(max_size=QUEUE_SIZE)
+    app = gr.mount_gradio_app(
+        build_api(classifier), page, path="/", max_file_size=MAX_FILE_SIZE, show_error=False
+    )
+    threading.Thread(target=classifier.warm_up, name="warm-up", daemon=True).start()
+    serve(app, os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "7860")))
     return 0
 
 

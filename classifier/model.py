@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from classifier import metrics
+from classifier.admission import MemoryBudget
 from classifier.assets import DEFAULT_MODEL_PATH
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
-from classifier.preprocess import DEFAULT_MAX_PIXELS, ImageSource, preprocess
+from classifier.preprocess import DEFAULT_MAX_PIXELS, MB, ImageSource, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,32 @@ class SessionSettings:
             "session.intra_op.allow_spinning", "1" if self.allow_spinning else "0"
         )
         return options
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    """How much work the process takes on at once; defaults fit a 512 MB dyno.
+
+    ``MEMORY_BUDGET_MB`` (140) is what decodes may hold together: a 512 MB
+    dyno less the serving app at idle (~280 MB float32) and one inference's
+    activations, and enough for one 40-megapixel progressive JPEG (~125 MB).
+    A decode waits up to ``ADMISSION_TIMEOUT`` (20) s for its share, inside
+    Heroku's 30 s router timeout. ``INFERENCE_SLOTS`` (1) model runs go at
+    once: one run already keeps the cores busy, and each run holds its own
+    activations.
+    """
+
+    memory_budget_mb: int = 140
+    timeout_s: float = 20.0
+    inference_slots: int = 1
+
+    @classmethod
+    def from_env(cls) -> AdmissionSettings:
+        return cls(
+            memory_budget_mb=int(os.environ.get("MEMORY_BUDGET_MB", cls.memory_budget_mb)),
+            timeout_s=float(os.environ.get("ADMISSION_TIMEOUT", cls.timeout_s)),
+            inference_slots=int(os.environ.get("INFERENCE_SLOTS", cls.inference_slots)),
+        )
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -145,13 +173,21 @@ def load_labels(path: Path) -> list[tuple[str, str]]:
 
 
 class Classifier:
-    """An ONNX image classifier: load once, then classify from any thread."""
+    """An ONNX image classifier: load once, then classify from any thread.
+
+    Every decode draws on one memory budget and every model run takes one of
+    a few inference slots, so concurrent callers queue rather than pile up.
+    With ``warm=False`` the first run is left to ``warm_up``, which a server
+    calls once it listens; ``ready`` tells when it is done.
+    """
 
     def __init__(
         self,
         model_path: str | Path = DEFAULT_MODEL_PATH,
         settings: SessionSettings | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        admission: AdmissionSettings | None = None,
+        warm: bool = True,
     ) -> None:
         self.model_path = Path(model_path)
         self.metadata = load_metadata(self.model_path)
@@ -169,9 +205,12 @@ class Classifier:
                 f"onnxruntime cannot load {self.model_path} ({error}): {CONVERT_HINT} again."
             ) from error
         self._input_name = self._session.get_inputs()[0].name
-        self._run_lock = threading.Lock()
-        self.warm_up()
-        release_freed_memory()
+        admission = admission or AdmissionSettings.from_env()
+        self.budget = MemoryBudget(admission.memory_budget_mb * MB, admission.timeout_s)
+        self._inference_slots = threading.BoundedSemaphore(admission.inference_slots)
+        self.ready = False
+        if warm:
+            self.warm_up()
         log.info(
             "Loaded %s (%s, weights: %s)",
             self.model_path,
@@ -180,25 +219,27 @@ class Classifier:
         )
 
     @classmethod
-    def from_env(cls) -> Classifier:
+    def from_env(cls, warm: bool = True) -> Classifier:
         """The model named by ``MODEL_PATH`` (default ``models/inception_v3.onnx``)."""
-        return cls(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH)
+        return cls(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH, warm=warm)
 
     def warm_up(self) -> None:
         """One run at start, so the first user does not pay for lazy set-up."""
         spec = self.metadata.preprocessing
         self.predict(np.zeros((1, spec.height, spec.width, 3), np.float32))
+        release_freed_memory()
+        self.ready = True
 
     def preprocess(self, image: ImageSource) -> np.ndarray:
-        return preprocess(image, self.metadata.preprocessing, self.max_pixels)
+        """Decode within the memory budget, then make the model's input."""
+        with metrics.DECODE_SECONDS.time():
+            return preprocess(
+                image, self.metadata.preprocessing, self.max_pixels, self.budget.reserve
+            )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Model inputs ``(n, h, w, 3)`` -> probabilities ``(n, classes)``.
-
-        Runs are serialised: concurrent runs would only fight over the same
-        cores that each run already uses in full.
-        """
-        with self._run_lock:
+        """Model inputs ``(n, h, w, 3)`` -> probabilities ``(n, classes)``, in a free slot."""
+        with metrics.INFERENCE_SECONDS.time(), self._inference_slots:
             return self._session.run(None, {self._input_name: batch})[0]
 
     def top_k(self, probabilities: np.ndarray, k: int = 5) -> list[Prediction]:

@@ -1,28 +1,47 @@
-"""Image decoding and preprocessing, in Pillow and numpy only.
+"""Image decoding and preprocessing: Pillow, libvips (pyvips) and numpy.
 
-The pipeline is the one the converter verified the ONNX model against:
-Keras' ``load_img(path, target_size=(299, 299), interpolation="bilinear")``
-followed by ``inception_v3.preprocess_input``. On top of Keras it honours
-EXIF orientation, composites transparency onto white, scales 16-bit and
-float images properly, and refuses decompression bombs before decoding.
+An image of up to ``EXACT_PATH_MAX_PIXELS`` takes exactly the pipeline the
+converter verified the ONNX model against: Keras' ``load_img(path,
+target_size, interpolation="bilinear")`` followed by the model's
+``preprocess_input``. On top of Keras it honours EXIF orientation,
+composites transparency onto white and scales 16-bit and float images.
+
+Larger images never exist in memory at full size more than once, and, where
+the format allows, not at all. JPEG and WebP are decoded by libvips at
+reduced scale, non-interlaced PNG and TIFF are streamed row by row while
+they shrink to twice the model's input; other formats (GIF, BMP, interlaced
+PNG) are decoded once by Pillow at their own depth and then shrunk strip by
+strip. Orientation, transparency and mode conversion always come after the
+shrinking. ``decode_cost`` estimates, from the header alone, what a decode
+will cost, so callers can admit it against a memory budget first.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import pyvips
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from classifier.metadata import Preprocessing
 
 ImageSource = str | Path | bytes | BinaryIO | Image.Image
+Admission = Callable[[int], AbstractContextManager[object]]
+"""Called with a decode's estimated cost in bytes; holds it while the decode runs."""
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Larger than any phone photo (a 6000 x 4000 photo is 24 megapixels)."""
+EXACT_PATH_MAX_PIXELS = 4_000_000
+"""Up to here (every photo of the ImageNet sample, most web images) an image is
+decoded in full exactly as Keras does: at most ~16 bytes a pixel, 64 MB."""
+MB = 1 << 20
 
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -35,6 +54,30 @@ RESAMPLING = {
 
 _SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 _WHITE = (255, 255, 255)
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3}
+"""Decoded size of a Pillow mode; every mode not named here takes at most 4."""
+
+# What a decode costs beyond its input pixels: the model-sized output, the
+# libraries' buffers and Python's objects. Measured peaks (benchmarks/memory.py
+# --decode) stay under these estimates; tests/test_memory.py asserts it.
+BASE_COST = 24 * MB
+EXACT_COST_PER_PIXEL = 16
+"""RGBA decoded (4), a white background (4), the composite (4) and RGB (3)."""
+STREAMED_COST_PER_BAND_PIXEL = 0.5
+"""libvips' shrink of a streamed PNG or TIFF: measured 0.3 to 0.4 a band and pixel."""
+SCALED_COST_PER_PIXEL = 0.25
+"""JPEG and WebP decoded at reduced scale: a 40 MP JPEG measured 10 to 18 MB."""
+STRIP_ROWS_TARGET = 256
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""EXIF orientation -> the transposition that makes the image upright."""
 
 
 class ImageError(ValueError):
@@ -43,6 +86,40 @@ class ImageError(ValueError):
 
 class ImageTooLargeError(ImageError):
     """An image with more pixels than the configured limit."""
+
+
+class UnsupportedImageError(ImageError):
+    """A file that is not an image in a format the app reads."""
+
+
+def configure_vips(threads: int = 1) -> None:
+    """Set libvips up for untrusted uploads, once per process.
+
+    Only the four loaders the app needs may run (libvips has dozens, some
+    far less hardened); its operation cache, which would keep decoded
+    images alive between requests, is off; and each decode uses ``threads``
+    threads, as requests already decode side by side on the dyno's cores.
+    """
+    pyvips.cache_set_max(0)
+    pyvips.cache_set_max_mem(0)
+    pyvips.cache_set_max_files(0)
+    pyvips.concurrency_set(threads)
+    pyvips.block_untrusted_set(True)
+    pyvips.operation_block_set("VipsForeignLoad", True)
+    for loader in VIPS_LOADERS.values():
+        pyvips.operation_block_set(loader, False)
+
+
+VIPS_LOADERS = {
+    "JPEG": "VipsForeignLoadJpeg",
+    "MPO": "VipsForeignLoadJpeg",
+    "PNG": "VipsForeignLoadPng",
+    "WEBP": "VipsForeignLoadWebp",
+    "TIFF": "VipsForeignLoadTiff",
+}
+"""Pillow's name of a format -> the libvips loader that decodes it shrinking."""
+
+configure_vips(int(os.environ.get("VIPS_THREADS", "1")))
 
 
 def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -62,7 +139,7 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise ImageTooLargeError(f"The image is too large to process: {error}") from error
         except UnidentifiedImageError as error:
-            raise ImageError(
+            raise UnsupportedImageError(
                 "The file is not an image that can be read (use JPEG, PNG, GIF, WebP, BMP or TIFF)."
             ) from error
         except OSError as error:
@@ -76,6 +153,144 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             f"{max_pixels / 1e6:g} megapixels. Please upload a smaller image."
         )
     return image
+
+
+def decode_cost(image: Image.Image, source: ImageSource) -> int:
+    """Bytes a decode of ``image`` will take at its peak, from its header alone.
+
+    Progressive JPEGs cost their DCT coefficients (libjpeg keeps them all);
+    interlaced PNGs and formats libvips does not stream cost one full decode.
+    """
+    width, height = image.size
+    pixels = width * height
+    path = _decode_path(image, source)
+    if path is _decode_exact:
+        return BASE_COST + EXACT_COST_PER_PIXEL * pixels
+    if path is _decode_in_strips:
+        return BASE_COST + _BYTES_PER_PIXEL.get(image.mode, 4) * pixels + _strip_cost(image)
+    if image.format in ("JPEG", "MPO"):
+        if image.info.get("progressive"):
+            return BASE_COST + _jpeg_coefficient_bytes(image)
+        return BASE_COST + int(SCALED_COST_PER_PIXEL * pixels)
+    if image.format == "WEBP":
+        return BASE_COST + int(SCALED_COST_PER_PIXEL * pixels)
+    # A palette expands to RGB, and transparency adds an alpha band.
+    colours = 3 if image.mode == "P" else len(image.getbands())
+    bands = colours + ("transparency" in image.info)
+    depth = 2 if image.mode in _SIXTEEN_BIT_MODES else 1
+    streamed = int(STREAMED_COST_PER_BAND_PIXEL * bands * depth * pixels)
+    # libtiff decompresses a whole strip or tile row at once.
+    chunk_rows = (
+        max(image.tag_v2.get(278, 1), image.tag_v2.get(323, 1)) if image.format == "TIFF" else 1
+    )
+    return BASE_COST + streamed + 2 * min(chunk_rows, height) * width * bands * depth
+
+
+def _jpeg_coefficient_bytes(image: Image.Image) -> int:
+    """2 bytes per sample of each component, at its own (subsampled) resolution."""
+    pixels = image.size[0] * image.size[1]
+    layers = getattr(image, "layer", None) or [("", 1, 1, 0)] * len(image.getbands())
+    h_max = max(layer[1] for layer in layers)
+    v_max = max(layer[2] for layer in layers)
+    return int(sum(2 * pixels * h * v / (h_max * v_max) for _, h, v, _ in layers))
+
+
+def _strip_cost(image: Image.Image) -> int:
+    """One strip converted to RGBA and its reduction: small beside the image."""
+    return 16 * image.size[0] * STRIP_ROWS_TARGET * 2
+
+
+def decode(
+    source: ImageSource,
+    spec: Preprocessing,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    admit: Admission = lambda cost: nullcontext(),
+) -> Image.Image:
+    """Decode an upload into an upright RGB image of the model's input size.
+
+    The header is read and checked first; ``admit(cost)`` then holds the
+    decode's estimated memory while it runs (a memory budget, in the app).
+    """
+    image = open_image(source, max_pixels)
+    path = _decode_path(image, source)
+    with admit(decode_cost(image, source)):
+        try:
+            rgb = path(image, source, spec)
+        except ImageError:
+            raise
+        except (OSError, SyntaxError, ValueError, EOFError, pyvips.Error) as error:
+            message = str(error).strip().splitlines()[-1] if str(error).strip() else error
+            raise ImageError(f"The image file is truncated or corrupt ({message}).") from error
+    size = (spec.width, spec.height)
+    if rgb.size != size:
+        rgb = rgb.resize(size, RESAMPLING[spec.resize])
+    return rgb
+
+
+DecodePath = Callable[[Image.Image, ImageSource, Preprocessing], Image.Image]
+
+
+def _decode_path(image: Image.Image, source: ImageSource) -> DecodePath:
+    width, height = image.size
+    if width * height <= EXACT_PATH_MAX_PIXELS or isinstance(source, Image.Image):
+        return _decode_exact
+    if image.format in VIPS_LOADERS and not image.info.get("interlace"):
+        return _decode_with_vips
+    return _decode_in_strips
+
+
+def _decode_exact(image: Image.Image, source: ImageSource, spec: Preprocessing) -> Image.Image:
+    """Keras' own path: the whole image, oriented and made RGB, resized by the caller."""
+    image.seek(0)
+    image.load()
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def _decode_with_vips(image: Image.Image, source: ImageSource, spec: Preprocessing) -> Image.Image:
+    """libvips shrinks on load to twice the input size, orients, then flattens and converts."""
+    if isinstance(source, str | Path):
+        stream = pyvips.Source.new_from_file(str(source))
+    else:
+        stream = pyvips.Source.new_from_memory(_read_all(source))
+    shrunk = pyvips.Image.thumbnail_source(
+        stream,
+        2 * spec.width,
+        height=2 * spec.height,
+        size="force",
+        option_string="fail_on=truncated",
+    )
+    srgb = shrunk.colourspace("srgb")
+    if srgb.hasalpha():
+        srgb = srgb.flatten(background=list(_WHITE))
+    pixels = srgb.cast("uchar").write_to_memory()
+    array = np.frombuffer(pixels, np.uint8).reshape(srgb.height, srgb.width, srgb.bands)
+    return Image.fromarray(array[..., :3])
+
+
+def _read_all(source: bytes | BinaryIO) -> bytes:
+    if isinstance(source, bytes):
+        return source
+    source.seek(0)
+    return source.read()
+
+
+def _decode_in_strips(image: Image.Image, source: ImageSource, spec: Preprocessing) -> Image.Image:
+    """One decode at the image's own depth, then RGB and a box reduction strip by strip.
+
+    The reduction factor keeps at least twice the input size; strips are a
+    whole number of reduction blocks high, so they join without seams.
+    """
+    image.seek(0)
+    image.load()
+    width, height = image.size
+    factor = max(1, min(width // (2 * spec.width), height // (2 * spec.height)))
+    rows = factor * max(1, STRIP_ROWS_TARGET // factor)
+    reduced = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    for top in range(0, height, rows):
+        strip = to_rgb(image.crop((0, top, width, min(top + rows, height))))
+        reduced.paste(strip.reduce(factor), (0, top // factor))
+    transpose = _ORIENTATIONS.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    return reduced if transpose is None else reduced.transpose(transpose)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -111,37 +326,6 @@ def _gray_to_rgb(samples: np.ndarray) -> Image.Image:
     return Image.fromarray(gray).convert("RGB")
 
 
-def decode(
-    source: ImageSource,
-    spec: Preprocessing,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft: bool = True,
-) -> Image.Image:
-    """Decode an upload into an upright RGB image of the model's input size.
-
-    With ``draft``, a large JPEG is decoded at 1/2, 1/4 or 1/8 scale straight
-    from its DCT coefficients, never below twice the target size, which makes
-    big photos several times faster to decode with answers unchanged.
-    """
-    image = open_image(source, max_pixels)
-    try:
-        if draft and image.format == "JPEG":
-            side = 2 * max(spec.width, spec.height)
-            image.draft("RGB", (side, side))
-        image.seek(0)
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        rgb = to_rgb(image)
-    except ImageError:
-        raise
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageError(f"The image file is truncated or corrupt ({error}).") from error
-    size = (spec.width, spec.height)
-    if rgb.size != size:
-        rgb = rgb.resize(size, RESAMPLING[spec.resize])
-    return rgb
-
-
 def to_array(image: Image.Image, spec: Preprocessing) -> np.ndarray:
     """An RGB image of the input size -> the model's float32 HWC input."""
     pixels = np.asarray(image, dtype=np.float32)
@@ -152,7 +336,7 @@ def preprocess(
     source: ImageSource,
     spec: Preprocessing,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    draft: bool = True,
+    admit: Admission = lambda cost: nullcontext(),
 ) -> np.ndarray:
     """Any image source -> the float32 ``(height, width, 3)`` model input."""
-    return to_array(decode(source, spec, max_pixels, draft), spec)
+    return to_array(decode(source, spec, max_pixels, admit), spec)

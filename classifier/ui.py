@@ -6,6 +6,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from classifier import metrics
+from classifier.admission import BusyError
 from classifier.metadata import ModelMetadata
 from classifier.model import Classifier
 from classifier.preprocess import ImageError
@@ -13,6 +15,8 @@ from classifier.preprocess import ImageError
 TOP_K = 5
 MAX_FILE_SIZE = "20mb"
 QUEUE_SIZE = 64
+CONCURRENCY = 8
+"""Page requests classified at once; the memory budget decides how many decode."""
 # Temporary uploads: swept every 10 minutes, once an hour old.
 DELETE_CACHE = (600, 3600)
 # After Classify: where the columns stack (phones), the answer is below the fold.
@@ -84,10 +88,11 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
         if image_path is None:
             raise gr.Error("Please upload an image first.")
         try:
-            predictions = classifier.classify(image_path, TOP_K)
-        except ImageError as error:
-            # The visitor's to fix: the message stays until closed, and no traceback
-            # goes to the server log.
+            with metrics.observed("page"):
+                predictions = classifier.classify(image_path, TOP_K)
+        except (ImageError, BusyError) as error:
+            # The visitor's to fix or to retry: the message stays until closed, and no
+            # traceback goes to the server log.
             raise gr.Error(str(error), duration=None, print_exception=False) from error
         return {prediction.label: prediction.probability for prediction in predictions}
 
@@ -108,7 +113,7 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
                 # Wired before the examples, whose event would otherwise take "predict"
                 # and leave this one the public "/predict_1".
                 submit.click(
-                    predict, image, label, api_name="predict", concurrency_limit=4
+                    predict, image, label, api_name="predict", concurrency_limit=CONCURRENCY
                 ).success(None, js=SHOW_ANSWER_JS)
                 gr.Examples(
                     examples=[[str(path)] for path in examples],

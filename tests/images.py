@@ -97,3 +97,87 @@ INVALID: dict[str, tuple[str, Callable[[Path], None], str]] = {
     "zero bytes": ("empty.jpg", write_empty, "not an image"),
     "decompression bomb": ("bomb.png", write_bomb, "too large"),
 }
+
+
+# --- hostile uploads: ~40 megapixels, each a small file --------------------
+
+LARGE_SIZE = (7296, 5472)
+"""39.9 megapixels: just inside the app's 40-megapixel promise."""
+
+
+def gradient(size: tuple[int, int] = LARGE_SIZE) -> Image.Image:
+    """A smooth RGB image: compresses to a small file in every format."""
+    ramp = Image.linear_gradient("L").resize(size)
+    return Image.merge("RGB", (ramp, ramp.transpose(Image.Transpose.FLIP_TOP_BOTTOM), ramp))
+
+
+def write_large_rgb_png(path: Path) -> None:
+    gradient().save(path)
+
+
+def write_large_rgba_png(path: Path) -> None:
+    image = gradient()
+    image.putalpha(image.getchannel(0))
+    image.save(path)
+
+
+def write_large_la_png(path: Path) -> None:
+    ramp = gradient().getchannel(0)
+    Image.merge("LA", (ramp, ramp)).save(path)
+
+
+def write_large_palette_png(path: Path) -> None:
+    gradient().quantize(64).save(path, transparency=0)
+
+
+def write_large_16_bit_png(path: Path) -> None:
+    Image.fromarray(np.asarray(gradient().getchannel(0), dtype=np.uint16) * 257).save(path)
+
+
+def write_large_tiff(path: Path) -> None:
+    gradient().save(path, compression="tiff_deflate")
+
+
+def write_large_webp(path: Path) -> None:
+    gradient().save(path, quality=80)
+
+
+def write_large_cmyk_jpeg(path: Path) -> None:
+    gradient().convert("CMYK").save(path, quality=90)
+
+
+def write_large_progressive_jpeg(path: Path) -> None:
+    gradient().save(path, quality=90, progressive=True)
+
+
+def write_large_animated_gif(path: Path) -> None:
+    first = gradient().quantize(64)
+    second = Image.new("P", LARGE_SIZE, 3)
+    first.save(path, save_all=True, append_images=[second], duration=100, loop=0, transparency=0)
+
+
+# name -> (file name, writer): every kind must be classified within the memory budget.
+LARGE: dict[str, tuple[str, Callable[[Path], None]]] = {
+    "rgb png": ("rgb.png", write_large_rgb_png),
+    "rgba png": ("rgba.png", write_large_rgba_png),
+    "la png": ("la.png", write_large_la_png),
+    "palette png with transparency": ("palette.png", write_large_palette_png),
+    "16-bit png": ("sixteen.png", write_large_16_bit_png),
+    "tiff": ("rgb.tiff", write_large_tiff),
+    "webp": ("rgb.webp", write_large_webp),
+    "cmyk jpeg": ("cmyk.jpg", write_large_cmyk_jpeg),
+    "progressive jpeg": ("progressive.jpg", write_large_progressive_jpeg),
+    "animated gif": ("animated.gif", write_large_animated_gif),
+}
+
+
+def write_large_images(folder: Path) -> list[Path]:
+    """Every kind of ``LARGE`` image in ``folder`` (~15 s, ~1 MB in all)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for file_name, write in LARGE.values():
+        path = folder / file_name
+        if not path.is_file():
+            write(path)
+        paths.append(path)
+    return paths

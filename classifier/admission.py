@@ -1,0 +1,85 @@
+"""Admission by memory: one process-wide budget that every decode draws on.
+
+A 512 MB dyno cannot hold eight full-size decodes at once, however small the
+files that carry them. Each decode asks for what its header says it will
+cost; it waits in line, first come first served, until that much is free,
+and gives it back when it ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from classifier.preprocess import MB, ImageTooLargeError
+
+
+class BusyError(Exception):
+    """The server is saturated; the client should try again shortly."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class MemoryBudget:
+    """A weighted semaphore over bytes, granted in arrival order (no starvation)."""
+
+    def __init__(self, capacity: int, timeout: float) -> None:
+        self.capacity = capacity
+        self.timeout = timeout
+        self._in_use = 0
+        self._queue: deque[object] = deque()
+        self._changed = threading.Condition()
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @contextmanager
+    def reserve(self, amount: int) -> Iterator[None]:
+        """Hold ``amount`` bytes for the block, after those who came first.
+
+        Raises ``ImageTooLargeError`` when ``amount`` alone exceeds the budget,
+        and ``BusyError`` when it is not free within the timeout.
+        """
+        if amount > self.capacity:
+            raise ImageTooLargeError(
+                f"This image would take about {amount / MB:.0f} MB to decode, more than "
+                f"this server can spare ({self.capacity / MB:.0f} MB). Please upload a "
+                "smaller image, or save it as a baseline JPEG."
+            )
+        self._acquire(amount)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._in_use -= amount
+                self._changed.notify_all()
+
+    def _acquire(self, amount: int) -> None:
+        ticket = object()
+        deadline = time.monotonic() + self.timeout
+        with self._changed:
+            self._queue.append(ticket)
+            try:
+                while self._queue[0] is not ticket or self._in_use + amount > self.capacity:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise BusyError(
+                            "The server is busy with other images; please try again in a "
+                            "few seconds.",
+                            retry_after=max(1, round(self.timeout / 4)),
+                        )
+                    self._changed.wait(remaining)
+                self._in_use += amount
+            finally:
+                self._queue.remove(ticket)
+                self._changed.notify_all()

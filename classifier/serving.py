@@ -1,0 +1,92 @@
+"""One uvicorn server on ``$PORT`` that stops gracefully, as Heroku asks.
+
+Heroku sends SIGTERM and kills the dyno 30 s later. On SIGTERM the server
+keeps listening but answers new requests 503 with ``Retry-After``, lets the
+classifications under way finish (``DRAIN_TIMEOUT`` s at most), then closes
+and exits 0. A second signal stops it at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from types import FrameType
+
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from classifier.metrics import CLASSIFYING
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT = 20.0
+"""Longest wait for classifications under way: Heroku kills at 30 s."""
+CLOSE_TIMEOUT = 3.0
+"""Then, longest wait for open responses (the page's event streams) to end."""
+ALWAYS_ANSWERED = {"/healthz"}
+
+
+class Draining:
+    """ASGI middleware: once ``start`` is called, new requests get 503."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.started = threading.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.started.is_set() or scope["path"] in ALWAYS_ANSWERED:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"error": "The server is restarting; please try again."}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"retry-after", b"1"),
+                    (b"connection", b"close"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn, draining on the first SIGTERM or SIGINT instead of closing at once."""
+
+    def __init__(self, config: uvicorn.Config, draining: Draining) -> None:
+        super().__init__(config)
+        self.draining = draining
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.draining.started.is_set():
+            super().handle_exit(sig, frame)
+            return
+        log.info("%s: draining, then stopping", signal.Signals(sig).name)
+        self.draining.started.set()
+        threading.Thread(target=self._exit_when_idle, daemon=True).start()
+
+    def _exit_when_idle(self) -> None:
+        if not CLASSIFYING.wait_idle(DRAIN_TIMEOUT):
+            log.warning(
+                "%d classifications still under way after %.0f s", CLASSIFYING.count, DRAIN_TIMEOUT
+            )
+        self.should_exit = True
+
+
+def serve(app: ASGIApp, host: str, port: int) -> None:
+    """Serve ``app`` until SIGTERM, then drain and return."""
+    draining = Draining(app)
+    config = uvicorn.Config(
+        draining,
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=int(CLOSE_TIMEOUT),
+        log_level="info",
+        access_log=False,
+    )
+    GracefulServer(config, draining).run()

@@ -1,0 +1,89 @@
+"""Memory: hostile ~40-megapixel uploads decoded within what admission reserves.
+
+Each decode runs in a fresh interpreter, which reports its peak RSS growth
+beside the cost ``decode_cost`` estimated from the header. The peak is the
+process's own high-water mark, ``VmHWM``: ``getrusage``'s ``ru_maxrss``
+would start at the size of the (large) pytest process that spawned it,
+which Linux carries over across ``exec``. The estimate is what the memory
+budget holds for a decode, so it must not be exceeded, and every kind here
+must fit the default budget (140 MB), because all of them are inside the
+app's promise (20 MB, 40 megapixels).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from images import LARGE, write_large_images
+
+from classifier.assets import ROOT
+from classifier.model import AdmissionSettings
+from classifier.preprocess import MB
+
+MEASURE = """
+import json, re, sys
+from pathlib import Path
+from classifier.assets import EXAMPLE_PHOTOS
+from classifier.metadata import Preprocessing
+from classifier.preprocess import decode_cost, open_image, preprocess
+def peak():
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)) * 1024
+spec = Preprocessing()
+preprocess(EXAMPLE_PHOTOS[0], spec)  # libraries loaded and warm before the baseline
+before = peak()
+preprocess(sys.argv[1], spec)
+growth = peak() - before
+print(json.dumps({"growth": growth, "cost": decode_cost(open_image(sys.argv[1]), sys.argv[1])}))
+"""
+BUDGET = AdmissionSettings().memory_budget_mb * MB
+
+
+@pytest.fixture(scope="module")
+def large_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    paths = write_large_images(tmp_path_factory.mktemp("large"))
+    return dict(zip(LARGE, paths, strict=True))
+
+
+def decode_in_fresh_process(path: Path) -> dict[str, int]:
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("kind", LARGE)
+def test_large_upload_decodes_within_its_reservation(
+    kind: str, large_images: dict[str, Path]
+) -> None:
+    measured = decode_in_fresh_process(large_images[kind])
+    assert measured["growth"] <= measured["cost"], (
+        f"{kind}: grew {measured['growth'] / MB:.0f} MB, reserved {measured['cost'] / MB:.0f} MB"
+    )
+    assert measured["cost"] <= BUDGET
+
+
+def test_the_old_full_size_decode_would_not_fit(large_images: dict[str, Path]) -> None:
+    """The check bites: decoding the RGBA PNG in full, as before, grows far past the budget."""
+    script = MEASURE.replace(
+        "preprocess(sys.argv[1], spec)", "Image.open(sys.argv[1]).convert('RGB')"
+    )
+    script = "from PIL import Image\n" + script
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(large_images["rgba png"])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert json.loads(result.stdout)["growth"] > BUDGET
