@@ -67,11 +67,11 @@ def model_path(converted: Converted) -> Path:
 @pytest.fixture(scope="session")
 def app_url(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The app on a free port, started by the Procfile's command, for the session."""
-    from server import serving
+    from harness import serving
 
     log = tmp_path_factory.mktemp("app") / "app.log"
-    with serving(model_path, log) as url:
-        yield url
+    with serving(model_path, log) as instance:
+        yield instance.url
 
 
 def imagenet_sample_photos() -> list[Path]:

@@ -92,7 +92,7 @@ def test_bad_uploads_get_a_clear_message_and_the_server_lives_on(
 
 
 def test_missing_model_exits_with_one_clear_line(tmp_path: Path) -> None:
-    from server import procfile_command
+    from harness import procfile_command
 
     result = subprocess.run(
         ["bash", "-c", procfile_command()],

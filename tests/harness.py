@@ -1,0 +1,248 @@
+"""Start the app as Heroku does: the Procfile's command, one instance or two behind HAProxy.
+
+Tests and benchmarks both launch the app through here. Each instance runs
+the Procfile's web command in bash with ``$PORT`` set and this
+interpreter's ``python`` first on PATH; its output goes to a log file (a
+pipe nobody reads would fill and stall it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from classifier.assets import ROOT
+
+AFFINITY_COOKIE = "heroku-session-affinity"
+"""The cookie Heroku's router sets when session affinity is enabled."""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def procfile_command() -> str:
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            return line.removeprefix("web:").strip()
+    raise AssertionError("Procfile has no web process")
+
+
+class PeakRss(threading.Thread):
+    """Samples a process's resident memory every ``interval`` s, keeping the peak.
+
+    Started right after launch, it catches the peak while the model loads,
+    which a look at the steady state after start-up would miss. Heroku counts
+    every process in the dyno, so children are summed with their parent.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self._root = psutil.Process(pid)
+        self._interval = interval
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self.peak = 0
+        self.current = 0
+        self.samples = 0
+
+    def tree_rss(self) -> int:
+        try:
+            processes = [self._root, *self._root.children(recursive=True)]
+        except psutil.Error:
+            return 0
+        total = 0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):  # it exited meanwhile
+                total += process.memory_info().rss
+        return total
+
+    def run(self) -> None:
+        while not self._done.is_set():
+            rss = self.tree_rss()
+            with self._lock:
+                self.current = rss
+                self.peak = max(self.peak, rss)
+                self.samples += 1
+            self._done.wait(self._interval)
+
+    def take_peak(self) -> int:
+        """The peak in bytes since the last call, starting a new window."""
+        with self._lock:
+            peak, self.peak = self.peak, self.current
+        return peak
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+@dataclass
+class Instance:
+    """A running app: where it answers, its process, its log and its memory."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+    memory: PeakRss
+    launched: float
+    ready_after: float = 0.0
+
+
+def launch(model_path: Path, log: Path, port: int | None = None, **env: str) -> Instance:
+    """Run the Procfile's web command on ``port`` (a free one by default)."""
+    port = port or free_port()
+    environment = {
+        **os.environ,
+        "PORT": str(port),
+        "MODEL_PATH": str(model_path),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **env,
+    }
+    launched = time.perf_counter()
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            ["bash", "-c", procfile_command()],
+            cwd=ROOT,
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    memory = PeakRss(process.pid)
+    memory.start()
+    return Instance(f"http://127.0.0.1:{port}/", process, log, memory, launched)
+
+
+def wait_until_ready(instance: Instance, timeout: float = 120) -> None:
+    """Poll ``/readyz`` every 20 ms until the model is loaded and warm."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if instance.process.poll() is not None:
+            raise RuntimeError(
+                f"the app exited with {instance.process.returncode}:\n{instance.log.read_text()}"
+            )
+        try:
+            with urllib.request.urlopen(f"{instance.url}readyz", timeout=2) as response:
+                if response.status == 200:
+                    instance.ready_after = time.perf_counter() - instance.launched
+                    return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"the app was not ready at {instance.url} within {timeout} s")
+
+
+def stop(instance: Instance, timeout: float = 30) -> int:
+    """SIGTERM, as Heroku sends; SIGKILL if it has not exited within ``timeout`` s."""
+    if instance.process.poll() is None:
+        os.killpg(instance.process.pid, 15)
+        try:
+            instance.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(instance.process.pid, 9)
+            instance.process.wait()
+    instance.memory.stop()
+    return instance.process.returncode
+
+
+@contextmanager
+def serving(model_path: Path, log: Path, **env: str) -> Iterator[Instance]:
+    """One instance of the app, ready, until the block ends."""
+    instance = launch(model_path, log, **env)
+    try:
+        wait_until_ready(instance)
+        yield instance
+    finally:
+        stop(instance)
+
+
+@dataclass
+class Balancer:
+    url: str
+    instances: list[Instance]
+
+
+HAPROXY_CONFIG = """\
+global
+    maxconn 512
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    balance roundrobin
+{cookie}
+{servers}
+"""
+
+
+def haproxy_config(port: int, backends: list[str], affinity: bool) -> str:
+    """Round-robin over ``backends``; with ``affinity``, pinned by Heroku's cookie."""
+    cookie = f"    cookie {AFFINITY_COOKIE} insert indirect nocache" if affinity else ""
+    servers = "\n".join(
+        f"    server app{number} {backend}" + (f" cookie app{number}" if affinity else "")
+        for number, backend in enumerate(backends)
+    )
+    return HAPROXY_CONFIG.format(port=port, cookie=cookie, servers=servers)
+
+
+@contextmanager
+def balanced(
+    model_path: Path, folder: Path, instances: int = 2, affinity: bool = False, **env: str
+) -> Iterator[Balancer]:
+    """``instances`` apps behind HAProxy, as ``heroku ps:scale web=N`` puts them behind
+    the router."""
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    apps = [launch(model_path, folder / f"app{n}.log", **env) for n in range(instances)]
+    port = free_port()
+    config = folder / "haproxy.cfg"
+    backends = [app.url.removeprefix("http://").rstrip("/") for app in apps]
+    config.write_text(haproxy_config(port, backends, affinity))
+    proxy = None
+    try:
+        for app in apps:
+            wait_until_ready(app)
+        proxy = subprocess.Popen(
+            [haproxy, "-f", str(config), "-db"],
+            stdout=(folder / "haproxy.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        _wait_for_port(port, proxy)
+        yield Balancer(f"http://127.0.0.1:{port}/", apps)
+    finally:
+        if proxy is not None:
+            proxy.terminate()
+            proxy.wait(timeout=10)
+        for app in apps:
+            stop(app)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"haproxy exited with {process.returncode}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"haproxy did not listen on {port} within {timeout} s")

@@ -1,0 +1,237 @@
+"""The REST API over HTTP, as curl and scripts call it, on the app the Procfile starts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import CAT_PHOTO, COFFEE_PHOTO
+from gradio_client import Client, handle_file
+from harness import Instance, launch, stop, wait_until_ready
+from images import INVALID, LARGE, write_large_images, write_large_rgba_png
+from prometheus_client.parser import text_string_to_metric_families
+
+from classifier.model import Classifier
+
+STATUS = {
+    "text named .jpg": 415,
+    "truncated jpeg": 400,
+    "zero bytes": 415,
+    "decompression bomb": 413,
+}
+
+
+@pytest.fixture(scope="module")
+def http(app_url: str) -> httpx.Client:
+    with httpx.Client(base_url=app_url, timeout=120) as client:
+        yield client
+
+
+def classify(http: httpx.Client, path: Path, **params: object) -> httpx.Response:
+    with path.open("rb") as image:
+        return http.post("classify", files={"file": (path.name, image)}, params=params)
+
+
+def metric(client: httpx.Client, sample: str, /, **labels: str) -> float:
+    """One sample of the app's /metrics, parsed by prometheus-client's own parser."""
+    for family in text_string_to_metric_families(client.get("metrics").text):
+        for found in family.samples:
+            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
+                return found.value
+    return 0.0
+
+
+def test_photo_gives_the_python_apis_top_5(http: httpx.Client, model_path: Path) -> None:
+    response = classify(http, CAT_PHOTO)
+    assert response.status_code == 200
+    body = response.json()
+    expected = Classifier(model_path).classify(CAT_PHOTO)
+    assert [p["index"] for p in body["predictions"]] == [p.index for p in expected]
+    assert [p["label"] for p in body["predictions"]] == [p.label for p in expected]
+    for answered, prediction in zip(body["predictions"], expected, strict=True):
+        assert answered["probability"] == pytest.approx(prediction.probability, rel=1e-5)
+    model = Classifier(model_path).metadata
+    assert body["model"] == {
+        "name": model.architecture,
+        "precision": "float32",
+        "sha256": model.sha256,
+    }
+
+
+def test_raw_body_is_accepted_as_curl_data_binary_sends_it(http: httpx.Client) -> None:
+    raw = http.post(
+        "classify", content=COFFEE_PHOTO.read_bytes(), headers={"Content-Type": "image/png"}
+    )
+    assert raw.status_code == 200
+    assert raw.json()["predictions"] == classify(http, COFFEE_PHOTO).json()["predictions"]
+
+
+@pytest.mark.parametrize(("k", "count"), [(1, 1), (5, 5), (1000, 1000)])
+def test_k_sets_how_many_classes(http: httpx.Client, k: int, count: int) -> None:
+    predictions = classify(http, CAT_PHOTO, k=k).json()["predictions"]
+    assert len(predictions) == count
+    probabilities = [p["probability"] for p in predictions]
+    assert probabilities == sorted(probabilities, reverse=True)
+
+
+@pytest.mark.parametrize("k", ["0", "1001", "many"])
+def test_bad_k_is_a_422_with_a_message(http: httpx.Client, k: str) -> None:
+    response = classify(http, CAT_PHOTO, k=k)
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("k: ")
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_bad_uploads_get_their_4xx_and_a_message(
+    name: str, http: httpx.Client, tmp_path: Path
+) -> None:
+    file_name, write, phrase = INVALID[name]
+    path = tmp_path / file_name
+    write(path)
+    response = classify(http, path)
+    assert response.status_code == STATUS[name]
+    assert phrase in response.json()["error"]
+    assert classify(http, CAT_PHOTO).status_code == 200
+
+
+def test_no_file_field_is_a_400(http: httpx.Client) -> None:
+    response = http.post("classify", files={"photo": ("a.png", CAT_PHOTO.read_bytes())})
+    assert response.status_code == 400
+    assert "`file`" in response.json()["error"]
+
+
+def test_a_body_that_is_not_an_image_type_is_a_415(http: httpx.Client) -> None:
+    response = http.post("classify", content=b"hello", headers={"Content-Type": "text/plain"})
+    assert response.status_code == 415
+    assert "text/plain" in response.json()["error"]
+
+
+def test_a_file_over_20_mb_is_a_413(http: httpx.Client) -> None:
+    response = http.post(
+        "classify", content=b"\0" * (21 * 1024 * 1024), headers={"Content-Type": "image/png"}
+    )
+    assert response.status_code == 413
+    assert "20 MB" in response.json()["error"]
+
+
+def test_health_and_readiness(http: httpx.Client) -> None:
+    assert http.get("healthz").json() == {"status": "ok"}
+    ready = http.get("readyz")
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    assert ready.json()["model"]["name"] == "InceptionV3"
+
+
+def test_metrics_count_rest_and_page_requests(http: httpx.Client, app_url: str) -> None:
+    rest_before = metric(http, "classifier_requests_total", route="classify", outcome="ok")
+    page_before = metric(http, "classifier_requests_total", route="page", outcome="ok")
+    decodes_before = metric(http, "classifier_decode_seconds_count")
+    classify(http, CAT_PHOTO)
+    Client(app_url, verbose=False).predict(handle_file(str(CAT_PHOTO)), api_name="/predict")
+    assert metric(http, "classifier_requests_total", route="classify", outcome="ok") == (
+        rest_before + 1
+    )
+    assert metric(http, "classifier_requests_total", route="page", outcome="ok") == page_before + 1
+    assert metric(http, "classifier_decode_seconds_count") == decodes_before + 2
+    assert metric(http, "classifier_model_info", name="InceptionV3", precision="float32") == 1
+    assert metric(http, "classifier_memory_budget_bytes") == 140 * 1024 * 1024
+    assert metric(http, "classifier_requests_in_flight") == 0
+
+
+def test_openapi_documents_classify(http: httpx.Client) -> None:
+    spec = http.get("openapi.json").json()
+    operation = spec["paths"]["/classify"]["post"]
+    assert set(operation["requestBody"]["content"]) == {"multipart/form-data", "image/*"}
+    assert {"200", "400", "413", "415", "422", "503"} <= set(operation["responses"])
+    assert "ClassificationOut" in spec["components"]["schemas"]
+    assert http.get("docs").status_code == 200
+
+
+def test_concurrent_large_uploads_are_all_classified(
+    http: httpx.Client, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """8 clients at once, each sending one ~40-megapixel image of every kind."""
+    paths = write_large_images(tmp_path_factory.mktemp("large"))
+
+    def client_sends_every_kind(_: int) -> list[int]:
+        with httpx.Client(base_url=str(http.base_url), timeout=120) as own:
+            return [classify(own, path).status_code for path in paths]
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = [status for run in pool.map(client_sends_every_kind, range(8)) for status in run]
+    assert statuses == [200] * (8 * len(LARGE))
+    assert classify(http, CAT_PHOTO).status_code == 200
+
+
+# --- saturation and shutdown, each on an instance of its own ----------------
+
+
+def tight_instance(model_path: Path, folder: Path) -> Instance:
+    """An instance whose budget holds one large decode at a time, waiting at most 1 s."""
+    return launch(model_path, folder / "app.log", MEMORY_BUDGET_MB="110", ADMISSION_TIMEOUT="1")
+
+
+def test_saturated_server_answers_503_with_retry_after(model_path: Path, tmp_path: Path) -> None:
+    large = tmp_path / "rgba.png"
+    write_large_rgba_png(large)
+    instance = tight_instance(model_path, tmp_path)
+    try:
+        wait_until_ready(instance)
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda _: post_to(instance, large), range(8)))
+        busy = [r for r in responses if r.status_code == 503]
+        assert busy, [r.status_code for r in responses]
+        assert {r.status_code for r in responses} == {200, 503}
+        assert all(int(r.headers["Retry-After"]) >= 1 for r in busy)
+        assert "try again" in busy[0].json()["error"]
+        assert post_to(instance, CAT_PHOTO).status_code == 200
+    finally:
+        stop(instance)
+
+
+def post_to(instance: Instance, path: Path) -> httpx.Response:
+    with httpx.Client(base_url=instance.url, timeout=120) as client:
+        return classify(client, path)
+
+
+def test_sigterm_lets_requests_under_way_finish_and_exits_0(
+    model_path: Path, tmp_path: Path
+) -> None:
+    large = tmp_path / "rgba.png"
+    write_large_rgba_png(large)
+    instance = launch(model_path, tmp_path / "app.log", MEMORY_BUDGET_MB="110")
+    wait_until_ready(instance)
+    with ThreadPoolExecutor(4) as pool:
+        under_way = [pool.submit(post_to, instance, large) for _ in range(4)]
+        with httpx.Client(base_url=instance.url) as watcher:
+            while metric(watcher, "classifier_requests_in_flight") < 1:
+                time.sleep(0.01)
+        terminated = threading.Thread(target=stop, args=(instance,))
+        terminated.start()
+        time.sleep(0.2)
+        late = post_to(instance, CAT_PHOTO)
+        statuses = [request.result().status_code for request in under_way]
+        terminated.join()
+    assert statuses == [200] * 4
+    assert late.status_code == 503
+    assert late.headers["Retry-After"] == "1"
+    assert instance.process.returncode == 0
+    assert "draining" in instance.log.read_text()
+
+
+def test_readyz_is_503_until_warm_up(model_path: Path) -> None:
+    """In process: the API over a classifier not yet warmed up."""
+    from fastapi.testclient import TestClient
+
+    from classifier.api import build_api
+
+    classifier = Classifier(model_path, warm=False)
+    with TestClient(build_api(classifier)) as client:
+        assert client.get("readyz").status_code == 503
+        assert client.get("healthz").status_code == 200
+        classifier.warm_up()
+        assert client.get("readyz").status_code == 200
