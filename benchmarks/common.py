@@ -14,13 +14,10 @@ import datetime
 import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,11 +27,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for folder in (ROOT, ROOT / "tests"):  # the code, and the harness the tests launch the app with
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 # gradio_client sends telemetry unless this says otherwise (its own flag is not enough).
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import harness  # noqa: E402  (needs tests/ on sys.path)
+from harness import Instance  # noqa: E402
 
 from classifier import assets  # noqa: E402  (needs the root on sys.path)
 
@@ -46,6 +47,8 @@ SAMPLE_PHOTOS = ROOT.parent / "shared" / "assets" / "imagenet-sample"
 HEROKU_MEMORY_MB = 512
 APPS = {"ours": "app.py", "keras": "benchmarks/keras_app.py"}
 """The two pages compared: ours, and the same page on Keras (``keras_app.py``)."""
+READY_PATHS = {"app.py": "readyz", "benchmarks/keras_app.py": ""}
+"""Where each page says it is ready: ours after warm-up, Keras' page once it serves."""
 MB = 1e6
 
 
@@ -213,161 +216,21 @@ def interleaved(
     return times
 
 
-# --- the app as a process --------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def web_command(script: str = "app.py") -> str:
-    """The Procfile's web command, serving ``script``, bound to loopback only.
-
-    ``setup.sh`` binds Gradio to all interfaces, as Heroku needs; a benchmark
-    has no business listening beyond this machine, so the host is set back to
-    127.0.0.1 after it. Everything else (``$PORT``, the environment) is Heroku's.
-    """
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if line.startswith("web:"):
-            setup, _, run = line.removeprefix("web:").strip().partition(" && ")
-            if run != "python app.py":
-                sys.exit(f"error: unexpected Procfile web command {line!r}")
-            return f"{setup} && export GRADIO_SERVER_NAME=127.0.0.1 && python {script}"
-    sys.exit("error: Procfile has no web process")
-
-
-class PeakRss(threading.Thread):
-    """Samples a process tree's resident memory every ``interval`` s, keeping the peak.
-
-    Started right after launch, it catches the peak while the model loads,
-    which a look at the steady state after start-up would miss. Heroku counts
-    every process in the dyno, so children are summed with their parent.
-    """
-
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        super().__init__(daemon=True)
-        import psutil
-
-        self._psutil = psutil
-        self._root = psutil.Process(pid)
-        self._interval = interval
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self.peak = 0
-        self.current = 0
-        self.samples = 0
-
-    def tree_rss(self) -> int:
-        total = 0
-        try:
-            processes = [self._root, *self._root.children(recursive=True)]
-        except self._psutil.Error:
-            return 0
-        for process in processes:
-            with contextlib.suppress(self._psutil.Error):  # it exited meanwhile
-                total += process.memory_info().rss
-        return total
-
-    def run(self) -> None:
-        while not self._done.is_set():
-            rss = self.tree_rss()
-            with self._lock:
-                self.current = rss
-                self.peak = max(self.peak, rss)
-                self.samples += 1
-            self._done.wait(self._interval)
-
-    def take_peak(self) -> float:
-        """The peak in MB since the last call, starting a new window."""
-        with self._lock:
-            peak, self.peak = self.peak, self.current
-        return peak / MB
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-
-
-@dataclass
-class Server:
-    """A running app: where it answers, since when, and its memory sampler."""
-
-    url: str
-    process: subprocess.Popen
-    memory: PeakRss
-    launched: float
-    serving_after: float = 0.0
-
-
-def wait_until_serving(server: Server, log: Path, timeout: float) -> None:
-    """Poll the page every 20 ms until it answers 200, so start-up is timed closely."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            sys.exit(f"error: the app exited with {server.process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(server.url, timeout=2) as response:
-                if response.status == 200:
-                    server.serving_after = time.perf_counter() - server.launched
-                    return
-        except OSError:
-            time.sleep(0.02)
-    sys.exit(f"error: the app did not answer at {server.url} within {timeout} s; see {log}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    """End the app's whole process group (bash and python), politely first."""
-    if process.poll() is None:
-        os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
+# --- the app as a process: tests/harness.py -------------------------------
 
 
 @contextmanager
 def serving(
-    model: Path,
-    log: Path,
-    script: str = "app.py",
-    env: dict[str, str] | None = None,
-    timeout: float = 300,
-) -> Iterator[Server]:
-    """Launch ``script`` as the Procfile does, on a free loopback port, until the block ends.
-
-    The venv's ``python`` comes first on PATH, as on Heroku; output goes to
-    ``log`` (a pipe nobody reads would fill up and stall the app).
-    """
-    port = free_port()
-    environment = {
-        **os.environ,
-        "PORT": str(port),
-        "MODEL_PATH": str(model),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        **(env or {}),
-    }
-    launched = time.perf_counter()
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            ["bash", "-c", web_command(script)],
-            cwd=ROOT,
-            env=environment,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    memory = PeakRss(process.pid)
-    memory.start()
-    server = Server(f"http://127.0.0.1:{port}/", process, memory, launched)
+    model: Path, log: Path, script: str = "app.py", env: dict[str, str] | None = None
+) -> Iterator[Instance]:
+    """``script`` launched by the harness as the Procfile does, on loopback only, until
+    the block ends: a benchmark has no business listening beyond this machine."""
+    instance = harness.launch(model, log, script=script, HOST="127.0.0.1", **(env or {}))
     try:
-        wait_until_serving(server, log, timeout)
-        yield server
+        harness.wait_until_ready(instance, READY_PATHS[script], timeout=300)
+        yield instance
     finally:
-        stop(process)
-        memory.stop()
+        harness.stop(instance)
 
 
 # --- calling the page ------------------------------------------------------
@@ -390,13 +253,13 @@ def classify_over_http(client: Any, photo: Path) -> dict[str, Any]:
     return job.result(timeout=REQUEST_TIMEOUT)
 
 
-class PlainClient:
-    """The Gradio API over plain HTTP: upload, start a call, read its result.
+class PageClient:
+    """The page's protocol over plain HTTP: upload, start a call, read its result.
 
-    The README's curl recipe. Bursts use it rather than gradio_client, whose
-    own machinery (a stream reader, heartbeats, polling) costs more CPU per
-    request than the page's upload and answer; on a 2-core machine that
-    would be measured as the page's slowness.
+    Bursts use it rather than gradio_client, whose own machinery (a stream
+    reader, heartbeats, polling) costs more CPU per request than the page's
+    upload and answer; on a 2-core machine that would be measured as the
+    page's slowness.
     """
 
     def __init__(self, url: str) -> None:
@@ -404,30 +267,39 @@ class PlainClient:
 
         self._http = httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT)
 
-    def classify(self, photo: Path) -> dict[str, Any]:
+    def classify(self, photo: Path) -> None:
         with photo.open("rb") as image:
             upload = self._http.post("gradio_api/upload", files={"files": (photo.name, image)})
         path = upload.raise_for_status().json()[0]
         payload = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}]}
         call = self._http.post("gradio_api/call/predict", json=payload).raise_for_status()
         answer = self._http.get(f"gradio_api/call/predict/{call.json()['event_id']}")
-        events = dict(_server_sent_events(answer.raise_for_status().text))
-        if "complete" not in events:
+        if "event: complete" not in answer.raise_for_status().text:
             raise RuntimeError(f"no result: {answer.text[:300]!r}")
-        return json.loads(events["complete"])[0]
 
     def close(self) -> None:
         self._http.close()
 
 
-def _server_sent_events(text: str) -> Iterator[tuple[str, str]]:
-    """``event: NAME`` / ``data: JSON`` pairs of a server-sent event stream."""
-    event = ""
-    for line in text.splitlines():
-        if line.startswith("event:"):
-            event = line.removeprefix("event:").strip()
-        elif line.startswith("data:"):
-            yield event, line.removeprefix("data:").strip()
+class RestClient:
+    """``POST /classify``: one request, the image as a multipart field."""
+
+    def __init__(self, url: str) -> None:
+        import httpx
+
+        self._http = httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT)
+
+    def classify(self, photo: Path) -> None:
+        with photo.open("rb") as image:
+            response = self._http.post("classify", files={"file": (photo.name, image)})
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
+
+    def close(self) -> None:
+        self._http.close()
+
+
+PROTOCOLS = {"rest": RestClient, "page": PageClient}
 
 
 @dataclass
@@ -446,32 +318,40 @@ class Burst:
             "req_per_s": len(self.latencies) / self.seconds,
             "p50_ms": percentile(done, 0.50) * 1e3,
             "p95_ms": percentile(done, 0.95) * 1e3,
-            "p99_ms": percentile(done, 0.99) * 1e3,
+            "max_ms": max(done) * 1e3,
         }
 
 
-def burst(url: str, photo: Path, requests: int, clients: int, time_limit: float) -> Burst:
+def burst(
+    url: str,
+    photos: list[Path],
+    requests: int,
+    clients: int,
+    time_limit: float,
+    protocol: str = "rest",
+) -> Burst:
     """``requests`` classifications from ``clients`` concurrent clients; stops at ``time_limit`` s.
 
-    Each client is a thread with its own HTTP connection, made before the
-    clock starts.
+    Request ``i`` sends ``photos[i % len(photos)]``. Each client is a thread
+    with its own HTTP connection, made before the clock starts.
     """
-    connections = [PlainClient(url) for _ in range(clients)]
+    connections = [PROTOCOLS[protocol](url) for _ in range(clients)]
     tickets = iter(range(requests))
     tickets_lock = threading.Lock()
     latencies: list[float] = []
     errors: list[str] = []
     deadline = time.monotonic() + time_limit
 
-    def next_ticket() -> bool:
+    def next_ticket() -> int | None:
         with tickets_lock:
-            return next(tickets, None) is not None and time.monotonic() < deadline
+            ticket = next(tickets, None)
+            return ticket if time.monotonic() < deadline else None
 
-    def work(client: PlainClient) -> None:
-        while next_ticket():
+    def work(client: RestClient | PageClient) -> None:
+        while (ticket := next_ticket()) is not None:
             start = time.perf_counter()
             try:
-                client.classify(photo)
+                client.classify(photos[ticket % len(photos)])
                 latencies.append(time.perf_counter() - start)
             except Exception as error:  # any failure is a counted error, not a crash
                 errors.append(f"{type(error).__name__}: {error}")

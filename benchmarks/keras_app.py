@@ -4,7 +4,7 @@ Not part of the app. It stands for the Keras app this project replaces: Image
 in, Label out (top 5) at ``/predict``, Keras' own preprocessing (``load_img``
 + ``preprocess_input``) and ``model.predict``, on the weights an ONNX model
 was converted from (its metadata) or on ``--weights``. Like ``app.py`` it
-binds ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``; ``startup.py`` and
+binds ``HOST`` / ``PORT`` as ours does; ``startup.py`` and
 ``memory.py`` launch it through the Procfile's command.
 """
 
@@ -85,7 +85,12 @@ def main() -> int:
                 )
             with gr.Column():
                 label.render()
-    demo.queue(max_size=64).launch(max_file_size="20mb", show_error=False)
+    demo.queue(max_size=64).launch(
+        server_name=os.environ.get("HOST", "127.0.0.1"),
+        server_port=int(os.environ.get("PORT", "7860")),
+        max_file_size="20mb",
+        show_error=False,
+    )
     return 0
 
 

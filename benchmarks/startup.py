@@ -37,7 +37,7 @@ def first_prediction(
             answered = time.perf_counter() - server.launched
         finally:
             client.close()
-        return server.serving_after, answered
+        return server.ready_after, answered
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from classifier.preprocess import MB, ImageTooLargeError
@@ -26,11 +26,18 @@ class BusyError(Exception):
 
 
 class MemoryBudget:
-    """A weighted semaphore over bytes, granted in arrival order (no starvation)."""
+    """A weighted semaphore over bytes, granted in arrival order (no starvation).
 
-    def __init__(self, capacity: int, timeout: float) -> None:
+    ``on_idle`` runs whenever the last reservation is given back: the moment
+    to hand the decodes' freed memory back to the system.
+    """
+
+    def __init__(
+        self, capacity: int, timeout: float, on_idle: Callable[[], None] = lambda: None
+    ) -> None:
         self.capacity = capacity
         self.timeout = timeout
+        self._on_idle = on_idle
         self._in_use = 0
         self._queue: deque[object] = deque()
         self._changed = threading.Condition()
@@ -62,7 +69,10 @@ class MemoryBudget:
         finally:
             with self._changed:
                 self._in_use -= amount
+                idle = self._in_use == 0
                 self._changed.notify_all()
+            if idle:
+                self._on_idle()
 
     def _acquire(self, amount: int) -> None:
         ticket = object()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import os
 import threading
 from collections import Counter
@@ -25,7 +26,13 @@ from classifier import metrics
 from classifier.admission import MemoryBudget
 from classifier.assets import DEFAULT_MODEL_PATH
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
-from classifier.preprocess import DEFAULT_MAX_PIXELS, MB, ImageSource, preprocess
+from classifier.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    MB,
+    PROGRESSIVE_JPEG_COST,
+    ImageSource,
+    preprocess,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +94,18 @@ class SessionSettings:
 class AdmissionSettings:
     """How much work the process takes on at once; defaults fit a 512 MB dyno.
 
-    ``MEMORY_BUDGET_MB`` (140) is what decodes may hold together: a 512 MB
-    dyno less the serving app at idle (~280 MB float32) and one inference's
-    activations, and enough for one 40-megapixel progressive JPEG (~125 MB).
+    ``MEMORY_BUDGET_MB`` (131) is what decodes may hold together: exactly one
+    of the costliest uploads the app promises to take, a 40-megapixel
+    progressive JPEG (its DCT coefficients: 3 bytes a pixel); with the app at
+    idle (~305 MB with the float32 model) and the requests' own buffers, a
+    peak under 450 MB.
     A decode waits up to ``ADMISSION_TIMEOUT`` (20) s for its share, inside
     Heroku's 30 s router timeout. ``INFERENCE_SLOTS`` (1) model runs go at
     once: one run already keeps the cores busy, and each run holds its own
     activations.
     """
 
-    memory_budget_mb: int = 140
+    memory_budget_mb: int = math.ceil(PROGRESSIVE_JPEG_COST / MB)
     timeout_s: float = 20.0
     inference_slots: int = 1
 
@@ -206,7 +215,9 @@ class Classifier:
             ) from error
         self._input_name = self._session.get_inputs()[0].name
         admission = admission or AdmissionSettings.from_env()
-        self.budget = MemoryBudget(admission.memory_budget_mb * MB, admission.timeout_s)
+        self.budget = MemoryBudget(
+            admission.memory_budget_mb * MB, admission.timeout_s, on_idle=release_freed_memory
+        )
         self._inference_slots = threading.BoundedSemaphore(admission.inference_slots)
         self.ready = False
         if warm:

@@ -60,7 +60,7 @@ _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3,
 # What a decode costs beyond its input pixels: the model-sized output, the
 # libraries' buffers and Python's objects. Measured peaks (benchmarks/memory.py
 # --decode) stay under these estimates; tests/test_memory.py asserts it.
-BASE_COST = 24 * MB
+BASE_COST = 16 * MB
 EXACT_COST_PER_PIXEL = 16
 """RGBA decoded (4), a white background (4), the composite (4) and RGB (3)."""
 STREAMED_COST_PER_BAND_PIXEL = 0.5
@@ -68,6 +68,10 @@ STREAMED_COST_PER_BAND_PIXEL = 0.5
 SCALED_COST_PER_PIXEL = 0.25
 """JPEG and WebP decoded at reduced scale: a 40 MP JPEG measured 10 to 18 MB."""
 STRIP_ROWS_TARGET = 256
+PROGRESSIVE_JPEG_COST = BASE_COST + 3 * DEFAULT_MAX_PIXELS
+"""The costliest upload the app promises to take: a progressive JPEG of the
+largest size, whose DCT coefficients (2 bytes a sample, 1.5 samples a pixel
+in the usual 4:2:0) libjpeg keeps in full."""
 _ORIENTATIONS = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,

@@ -36,10 +36,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def procfile_command() -> str:
+def procfile_command(script: str = "app.py") -> str:
+    """The Procfile's web command, running ``script`` (another page, for comparison) if asked."""
     for line in (ROOT / "Procfile").read_text().splitlines():
         if line.startswith("web:"):
-            return line.removeprefix("web:").strip()
+            command = line.removeprefix("web:").strip()
+            if not command.endswith("python app.py"):
+                raise AssertionError(f"unexpected Procfile web command {command!r}")
+            return command.removesuffix("app.py") + script
     raise AssertionError("Procfile has no web process")
 
 
@@ -104,7 +108,9 @@ class Instance:
     ready_after: float = 0.0
 
 
-def launch(model_path: Path, log: Path, port: int | None = None, **env: str) -> Instance:
+def launch(
+    model_path: Path, log: Path, port: int | None = None, script: str = "app.py", **env: str
+) -> Instance:
     """Run the Procfile's web command on ``port`` (a free one by default)."""
     port = port or free_port()
     environment = {
@@ -117,7 +123,7 @@ def launch(model_path: Path, log: Path, port: int | None = None, **env: str) -> 
     launched = time.perf_counter()
     with log.open("w") as output:
         process = subprocess.Popen(
-            ["bash", "-c", procfile_command()],
+            ["bash", "-c", procfile_command(script)],
             cwd=ROOT,
             env=environment,
             stdout=output,
@@ -129,8 +135,8 @@ def launch(model_path: Path, log: Path, port: int | None = None, **env: str) -> 
     return Instance(f"http://127.0.0.1:{port}/", process, log, memory, launched)
 
 
-def wait_until_ready(instance: Instance, timeout: float = 120) -> None:
-    """Poll ``/readyz`` every 20 ms until the model is loaded and warm."""
+def wait_until_ready(instance: Instance, path: str = "readyz", timeout: float = 120) -> None:
+    """Poll ``/readyz`` (or ``path``) every 20 ms until the model is loaded and warm."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if instance.process.poll() is not None:
@@ -138,7 +144,7 @@ def wait_until_ready(instance: Instance, timeout: float = 120) -> None:
                 f"the app exited with {instance.process.returncode}:\n{instance.log.read_text()}"
             )
         try:
-            with urllib.request.urlopen(f"{instance.url}readyz", timeout=2) as response:
+            with urllib.request.urlopen(f"{instance.url}{path}", timeout=2) as response:
                 if response.status == 200:
                     instance.ready_after = time.perf_counter() - instance.launched
                     return

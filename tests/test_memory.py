@@ -6,7 +6,7 @@ process's own high-water mark, ``VmHWM``: ``getrusage``'s ``ru_maxrss``
 would start at the size of the (large) pytest process that spawned it,
 which Linux carries over across ``exec``. The estimate is what the memory
 budget holds for a decode, so it must not be exceeded, and every kind here
-must fit the default budget (140 MB), because all of them are inside the
+must fit the default budget (131 MB), because all of them are inside the
 app's promise (20 MB, 40 megapixels).
 """
 
