@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import onnxruntime as ort
 from classifier import metrics
 from classifier.admission import MemoryBudget
 from classifier.assets import DEFAULT_MODEL_PATH
+from classifier.batching import Batcher
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.preprocess import (
     DEFAULT_MAX_PIXELS,
@@ -100,21 +100,21 @@ class AdmissionSettings:
     idle (~305 MB with the float32 model) and the requests' own buffers, a
     peak under 450 MB.
     A decode waits up to ``ADMISSION_TIMEOUT`` (20) s for its share, inside
-    Heroku's 30 s router timeout. ``INFERENCE_SLOTS`` (1) model runs go at
-    once: one run already keeps the cores busy, and each run holds its own
-    activations.
+    Heroku's 30 s router timeout. Model runs go one at a time (one run keeps
+    the cores busy, and each run holds its own activations), each taking up
+    to ``MAX_BATCH`` (8) images that wait for it.
     """
 
     memory_budget_mb: int = math.ceil(PROGRESSIVE_JPEG_COST / MB)
     timeout_s: float = 20.0
-    inference_slots: int = 1
+    max_batch: int = 8
 
     @classmethod
     def from_env(cls) -> AdmissionSettings:
         return cls(
             memory_budget_mb=int(os.environ.get("MEMORY_BUDGET_MB", cls.memory_budget_mb)),
             timeout_s=float(os.environ.get("ADMISSION_TIMEOUT", cls.timeout_s)),
-            inference_slots=int(os.environ.get("INFERENCE_SLOTS", cls.inference_slots)),
+            max_batch=int(os.environ.get("MAX_BATCH", cls.max_batch)),
         )
 
 
@@ -184,8 +184,8 @@ def load_labels(path: Path) -> list[tuple[str, str]]:
 class Classifier:
     """An ONNX image classifier: load once, then classify from any thread.
 
-    Every decode draws on one memory budget and every model run takes one of
-    a few inference slots, so concurrent callers queue rather than pile up.
+    Every decode draws on one memory budget and model runs go one at a time,
+    batching whoever waits, so concurrent callers queue rather than pile up.
     With ``warm=False`` the first run is left to ``warm_up``, which a server
     calls once it listens; ``ready`` tells when it is done.
     """
@@ -218,7 +218,7 @@ class Classifier:
         self.budget = MemoryBudget(
             admission.memory_budget_mb * MB, admission.timeout_s, on_idle=release_freed_memory
         )
-        self._inference_slots = threading.BoundedSemaphore(admission.inference_slots)
+        self._run_batched = Batcher(self._run, admission.max_batch)
         self.ready = False
         if warm:
             self.warm_up()
@@ -249,9 +249,16 @@ class Classifier:
             )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Model inputs ``(n, h, w, 3)`` -> probabilities ``(n, classes)``, in a free slot."""
-        with metrics.INFERENCE_SECONDS.time(), self._inference_slots:
-            return self._session.run(None, {self._input_name: batch})[0]
+        """Model inputs ``(n, h, w, 3)`` -> probabilities ``(n, classes)``.
+
+        Runs go one at a time; inputs of callers that arrive meanwhile go
+        into the next run together.
+        """
+        with metrics.INFERENCE_SECONDS.time():
+            return self._run_batched(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input_name: batch})[0]
 
     def top_k(self, probabilities: np.ndarray, k: int = 5) -> list[Prediction]:
         best = np.argsort(probabilities)[::-1][:k]

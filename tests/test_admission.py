@@ -1,0 +1,160 @@
+"""The memory budget and the batcher: what lets many callers share one small dyno."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from images import write_truncated_jpeg
+
+from classifier.admission import BusyError, MemoryBudget
+from classifier.batching import Batcher
+from classifier.metadata import Preprocessing
+from classifier.preprocess import ImageError, ImageTooLargeError, preprocess
+
+MB = 1 << 20
+
+
+def hold(budget: MemoryBudget, amount: int, entered: threading.Event, leave: threading.Event):
+    with budget.reserve(amount):
+        entered.set()
+        leave.wait(10)
+
+
+def test_reservations_are_granted_in_arrival_order() -> None:
+    budget = MemoryBudget(100, timeout=10)
+    order: list[str] = []
+    entered, leave = threading.Event(), threading.Event()
+    holder = threading.Thread(target=hold, args=(budget, 60, entered, leave))
+    holder.start()
+    entered.wait(5)
+
+    def reserve(name: str, amount: int) -> None:
+        with budget.reserve(amount):
+            order.append(name)
+
+    # "big" comes first and does not fit while 60 are held; "small" would fit, but waits its turn.
+    big = threading.Thread(target=reserve, args=("big", 90))
+    big.start()
+    while budget.waiting < 1:
+        time.sleep(0.001)
+    small = threading.Thread(target=reserve, args=("small", 10))
+    small.start()
+    while budget.waiting < 2:
+        time.sleep(0.001)
+    assert order == []
+    leave.set()
+    for thread in (holder, big, small):
+        thread.join(5)
+    assert order == ["big", "small"]
+    assert budget.in_use == 0
+
+
+def test_a_reservation_over_the_whole_budget_is_refused_at_once() -> None:
+    budget = MemoryBudget(100 * MB, timeout=10)
+    with (
+        pytest.raises(ImageTooLargeError, match="more than this server can spare"),
+        budget.reserve(101 * MB),
+    ):
+        pass
+    assert budget.in_use == 0
+
+
+def test_a_wait_past_the_timeout_is_busy_and_leaves_the_line() -> None:
+    budget = MemoryBudget(100, timeout=0.1)
+    entered, leave = threading.Event(), threading.Event()
+    holder = threading.Thread(target=hold, args=(budget, 100, entered, leave))
+    holder.start()
+    entered.wait(5)
+    with pytest.raises(BusyError, match="try again") as raised, budget.reserve(1):
+        pass
+    assert raised.value.retry_after >= 1
+    assert budget.waiting == 0
+    leave.set()
+    holder.join(5)
+    with budget.reserve(100):
+        assert budget.in_use == 100
+
+
+def test_a_decode_that_fails_halfway_gives_its_share_back(tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.jpg"
+    write_truncated_jpeg(truncated)
+    budget = MemoryBudget(100 * MB, timeout=1)
+    held: list[int] = []
+
+    def admit(cost: int):
+        held.append(cost)
+        return budget.reserve(cost)
+
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        preprocess(truncated, Preprocessing(), admit=admit)
+    assert held
+    assert held[0] > 0
+    assert budget.in_use == 0
+
+
+def test_many_concurrent_callers_all_get_through() -> None:
+    budget = MemoryBudget(100, timeout=30)
+    rng = np.random.default_rng(0)
+    amounts = rng.integers(1, 101, 400).tolist()
+    peak = 0
+    lock = threading.Lock()
+
+    def work(amount: int) -> int:
+        nonlocal peak
+        with budget.reserve(amount):
+            with lock:
+                peak = max(peak, budget.in_use)
+            time.sleep(0.0005)
+        return amount
+
+    with ThreadPoolExecutor(32) as pool:
+        assert sum(pool.map(work, amounts)) == sum(amounts)
+    assert peak <= 100
+    assert budget.in_use == 0
+    assert budget.waiting == 0
+
+
+def test_idle_hook_runs_when_the_last_share_comes_back() -> None:
+    idle = []
+    budget = MemoryBudget(100, timeout=1, on_idle=lambda: idle.append(budget.in_use))
+    with budget.reserve(10), budget.reserve(20):
+        pass
+    assert idle == [0]
+
+
+def test_batcher_runs_waiting_callers_together_and_answers_each() -> None:
+    runs: list[int] = []
+    gate = threading.Event()
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        runs.append(len(batch))
+        gate.wait(5)
+        return batch * 2
+
+    batcher = Batcher(run, max_batch=8)
+    with ThreadPoolExecutor(10) as pool:
+        first = pool.submit(batcher, np.array([[0.0]]))
+        while not runs:
+            time.sleep(0.001)
+        rest = [pool.submit(batcher, np.array([[float(i)]])) for i in range(1, 10)]
+        time.sleep(0.05)  # all nine are waiting for the first run
+        gate.set()
+        assert first.result()[0, 0] == 0
+        assert [future.result()[0, 0] for future in rest] == [2.0 * i for i in range(1, 10)]
+    assert runs == [1, 8, 1]
+
+
+def test_batcher_gives_a_failed_run_to_every_caller_in_it() -> None:
+    def run(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("model broke")
+
+    batcher = Batcher(run, max_batch=4)
+    with pytest.raises(RuntimeError, match="model broke"):
+        batcher(np.zeros((1, 1)))
+    with pytest.raises(RuntimeError, match="model broke"):  # and it is free again
+        batcher(np.zeros((1, 1)))
