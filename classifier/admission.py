@@ -28,17 +28,26 @@ class BusyError(Exception):
 class MemoryBudget:
     """A weighted semaphore over bytes, granted in arrival order (no starvation).
 
+    At most ``slots`` reservations are held at once: decodes are CPU-bound,
+    so more than one per core gains nothing, and each one in flight costs
+    memory of its own (its thread's buffers) beyond its estimate.
     ``on_idle`` runs whenever the last reservation is given back: the moment
     to hand the decodes' freed memory back to the system.
     """
 
     def __init__(
-        self, capacity: int, timeout: float, on_idle: Callable[[], None] = lambda: None
+        self,
+        capacity: int,
+        timeout: float,
+        slots: int = 2,
+        on_idle: Callable[[], None] = lambda: None,
     ) -> None:
         self.capacity = capacity
         self.timeout = timeout
+        self.slots = slots
         self._on_idle = on_idle
         self._in_use = 0
+        self._holders = 0
         self._queue: deque[object] = deque()
         self._changed = threading.Condition()
 
@@ -69,7 +78,8 @@ class MemoryBudget:
         finally:
             with self._changed:
                 self._in_use -= amount
-                idle = self._in_use == 0
+                self._holders -= 1
+                idle = self._holders == 0
                 self._changed.notify_all()
             if idle:
                 self._on_idle()
@@ -80,7 +90,11 @@ class MemoryBudget:
         with self._changed:
             self._queue.append(ticket)
             try:
-                while self._queue[0] is not ticket or self._in_use + amount > self.capacity:
+                while (
+                    self._queue[0] is not ticket
+                    or self._in_use + amount > self.capacity
+                    or self._holders >= self.slots
+                ):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise BusyError(
@@ -90,6 +104,7 @@ class MemoryBudget:
                         )
                     self._changed.wait(remaining)
                 self._in_use += amount
+                self._holders += 1
             finally:
                 self._queue.remove(ticket)
                 self._changed.notify_all()

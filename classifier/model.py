@@ -15,7 +15,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,11 @@ class Prediction:
     class_id: str
 
 
+def available_cores() -> int:
+    """The cores this process may run on (a dyno's share, not the host's)."""
+    return len(os.sched_getaffinity(0))
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     """How the onnxruntime session is configured.
@@ -78,7 +83,7 @@ class SessionSettings:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = self.intra_op_threads or len(os.sched_getaffinity(0))
+        options.intra_op_num_threads = self.intra_op_threads or available_cores()
         options.inter_op_num_threads = 1
         options.enable_cpu_mem_arena = self.memory_arena
         # Planning one block for all activations ahead costs ~13 MB, saves no time.
@@ -99,20 +104,24 @@ class AdmissionSettings:
     progressive JPEG (its DCT coefficients: 3 bytes a pixel); with the app at
     idle (~305 MB with the float32 model) and the requests' own buffers, a
     peak under 450 MB.
-    A decode waits up to ``ADMISSION_TIMEOUT`` (20) s for its share, inside
+    At most ``DECODE_SLOTS`` (one per core) decode at once; a decode waits
+    up to ``ADMISSION_TIMEOUT`` (20) s for its share and slot, inside
     Heroku's 30 s router timeout. Model runs go one at a time (one run keeps
-    the cores busy, and each run holds its own activations), each taking up
-    to ``MAX_BATCH`` (8) images that wait for it.
+    the cores busy), each taking up to ``MAX_BATCH`` (1) images that wait for
+    it: ONNX Runtime's arena keeps the activations of the largest batch run,
+    +130 MB for 8 float32 images, which a 512 MB dyno cannot spare.
     """
 
     memory_budget_mb: int = math.ceil(PROGRESSIVE_JPEG_COST / MB)
+    decode_slots: int = field(default_factory=available_cores)
     timeout_s: float = 20.0
-    max_batch: int = 8
+    max_batch: int = 1
 
     @classmethod
     def from_env(cls) -> AdmissionSettings:
         return cls(
             memory_budget_mb=int(os.environ.get("MEMORY_BUDGET_MB", cls.memory_budget_mb)),
+            decode_slots=int(os.environ.get("DECODE_SLOTS", 0)) or available_cores(),
             timeout_s=float(os.environ.get("ADMISSION_TIMEOUT", cls.timeout_s)),
             max_batch=int(os.environ.get("MAX_BATCH", cls.max_batch)),
         )
@@ -216,7 +225,10 @@ class Classifier:
         self._input_name = self._session.get_inputs()[0].name
         admission = admission or AdmissionSettings.from_env()
         self.budget = MemoryBudget(
-            admission.memory_budget_mb * MB, admission.timeout_s, on_idle=release_freed_memory
+            admission.memory_budget_mb * MB,
+            admission.timeout_s,
+            admission.decode_slots,
+            on_idle=release_freed_memory,
         )
         self._run_batched = Batcher(self._run, admission.max_batch)
         self.ready = False

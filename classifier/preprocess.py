@@ -7,11 +7,12 @@ target_size, interpolation="bilinear")`` followed by the model's
 composites transparency onto white and scales 16-bit and float images.
 
 Larger images never exist in memory at full size more than once, and, where
-the format allows, not at all. JPEG and WebP are decoded by libvips at
-reduced scale, non-interlaced PNG and TIFF are streamed row by row while
-they shrink to twice the model's input; other formats (GIF, BMP, interlaced
-PNG) are decoded once by Pillow at their own depth and then shrunk strip by
-strip. Orientation, transparency and mode conversion always come after the
+the format allows, not at all. JPEG is decoded by Pillow at reduced scale
+(libjpeg's DCT scaling, "draft" mode); libvips decodes WebP at reduced scale
+and streams non-interlaced PNG and TIFF row by row while they shrink to
+twice the model's input; other formats (GIF, BMP, interlaced PNG) are
+decoded once by Pillow at their own depth, then shrunk strip by strip.
+Orientation, transparency and mode conversion always come after the
 shrinking. ``decode_cost`` estimates, from the header alone, what a decode
 will cost, so callers can admit it against a memory budget first.
 """
@@ -66,7 +67,7 @@ EXACT_COST_PER_PIXEL = 16
 STREAMED_COST_PER_BAND_PIXEL = 0.5
 """libvips' shrink of a streamed PNG or TIFF: measured 0.3 to 0.4 a band and pixel."""
 SCALED_COST_PER_PIXEL = 0.25
-"""JPEG and WebP decoded at reduced scale: a 40 MP JPEG measured 10 to 18 MB."""
+"""JPEG and WebP decoded at reduced scale: a 40 MP file measured 3 to 8 MB."""
 STRIP_ROWS_TARGET = 256
 PROGRESSIVE_JPEG_COST = BASE_COST + 3 * DEFAULT_MAX_PIXELS
 """The costliest upload the app promises to take: a progressive JPEG of the
@@ -115,13 +116,13 @@ def configure_vips(threads: int = 1) -> None:
 
 
 VIPS_LOADERS = {
-    "JPEG": "VipsForeignLoadJpeg",
-    "MPO": "VipsForeignLoadJpeg",
     "PNG": "VipsForeignLoadPng",
     "WEBP": "VipsForeignLoadWebp",
     "TIFF": "VipsForeignLoadTiff",
 }
-"""Pillow's name of a format -> the libvips loader that decodes it shrinking."""
+"""Pillow's name of a format -> the libvips loader that decodes it shrinking.
+(JPEG is Pillow's: its draft mode decodes with less memory, and faster.)"""
+JPEG_FORMATS = {"JPEG", "MPO"}
 
 configure_vips(int(os.environ.get("VIPS_THREADS", "1")))
 
@@ -172,7 +173,7 @@ def decode_cost(image: Image.Image, source: ImageSource) -> int:
         return BASE_COST + EXACT_COST_PER_PIXEL * pixels
     if path is _decode_in_strips:
         return BASE_COST + _BYTES_PER_PIXEL.get(image.mode, 4) * pixels + _strip_cost(image)
-    if image.format in ("JPEG", "MPO"):
+    if path is _decode_jpeg_drafted:
         if image.info.get("progressive"):
             return BASE_COST + _jpeg_coefficient_bytes(image)
         return BASE_COST + int(SCALED_COST_PER_PIXEL * pixels)
@@ -238,6 +239,8 @@ def _decode_path(image: Image.Image, source: ImageSource) -> DecodePath:
     width, height = image.size
     if width * height <= EXACT_PATH_MAX_PIXELS or isinstance(source, Image.Image):
         return _decode_exact
+    if image.format in JPEG_FORMATS:
+        return _decode_jpeg_drafted
     if image.format in VIPS_LOADERS and not image.info.get("interlace"):
         return _decode_with_vips
     return _decode_in_strips
@@ -248,6 +251,14 @@ def _decode_exact(image: Image.Image, source: ImageSource, spec: Preprocessing) 
     image.seek(0)
     image.load()
     return to_rgb(ImageOps.exif_transpose(image))
+
+
+def _decode_jpeg_drafted(
+    image: Image.Image, source: ImageSource, spec: Preprocessing
+) -> Image.Image:
+    """libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below twice the input size."""
+    image.draft("RGB", (2 * spec.width, 2 * spec.height))
+    return _decode_exact(image, source, spec)
 
 
 def _decode_with_vips(image: Image.Image, source: ImageSource, spec: Preprocessing) -> Image.Image:
