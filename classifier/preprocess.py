@@ -1,8 +1,10 @@
 """Image decoding and preprocessing, in Pillow and numpy only.
 
 The pipeline is the one the converter verified the ONNX model against:
-Keras' ``load_img(path, target_size=(299, 299), interpolation="bilinear")``
-followed by ``inception_v3.preprocess_input``. On top of Keras it honours
+Keras' ``load_img(path, target_size=(height, width), interpolation="bilinear")``
+followed by the model family's ``preprocess_input`` (``tf``, ``caffe``,
+``torch``, or none where the model scales its input itself), all read from
+the model's metadata. On top of Keras it honours
 EXIF orientation, composites transparency onto white, scales 16-bit and
 float images properly, and refuses decompression bombs before decoding.
 """
@@ -144,8 +146,22 @@ def decode(
 
 def to_array(image: Image.Image, spec: Preprocessing) -> np.ndarray:
     """An RGB image of the input size -> the model's float32 HWC input."""
-    pixels = np.asarray(image, dtype=np.float32)
-    return pixels * np.float32(spec.scale) + np.float32(spec.offset)
+    return normalize(np.asarray(image, dtype=np.float32), spec)
+
+
+def normalize(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """0..255 RGB values ``(..., 3)`` -> ``(v - mean) / std`` in the model's channel order.
+
+    Computed as ``v * (1 / std) + (-mean / std)`` with both factors rounded to
+    float32 once: within a float32 rounding of Keras' own arithmetic.
+    """
+    if spec.channel_order == "BGR":
+        pixels = pixels[..., ::-1]
+    mean = np.asarray(spec.mean, dtype=np.float64)
+    std = np.asarray(spec.std, dtype=np.float64)
+    scale = (1.0 / std).astype(np.float32)
+    offset = (-mean / std).astype(np.float32)
+    return pixels.astype(np.float32) * scale + offset
 
 
 def preprocess(

@@ -14,27 +14,29 @@ from typing import Any
 
 import onnx
 
+from conversion.keras_model import Interface
+
 INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
 DEFAULT_OPSET = 17
 
 _COUNTER_SUFFIX = re.compile(r"__\d+")
 
 
-def to_onnx(model: Any, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+def to_onnx(model: Any, opset: int, shape: Interface) -> onnx.ModelProto:
     """Convert a Keras classifier with NHWC float32 input to ONNX.
 
-    The batch dimension stays dynamic; the single output is the softmax.
+    The input is ``images``, of ``shape``'s size; the batch dimension stays
+    dynamic. The one output is named for what it holds: ``probabilities``
+    or ``logits``.
     """
     import tensorflow as tf
     import tf2onnx
 
-    _, height, width, channels = model.input_shape
-    signature = (tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME),)
+    signature = (tf.TensorSpec((None, shape.height, shape.width, 3), tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     if len(proto.graph.output) != 1:
         raise ValueError(f"expected one model output, got {len(proto.graph.output)}")
-    _rename_tensor(proto.graph, proto.graph.output[0].name, OUTPUT_NAME)
+    _rename_tensor(proto.graph, proto.graph.output[0].name, shape.scores)
     proto.graph.name = model.name
     canonicalize_names(proto.graph)
     return proto
@@ -107,7 +109,8 @@ def with_logits_output(proto: onnx.ModelProto) -> onnx.ModelProto:
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
-    softmax = next((node for node in copy.graph.node if OUTPUT_NAME in node.output), None)
+    output = copy.graph.output[0].name
+    softmax = next((node for node in copy.graph.node if output in node.output), None)
     if softmax is None or softmax.op_type != "Softmax":
         raise ValueError("the model's output is not produced by a Softmax node")
     copy.graph.output.append(
