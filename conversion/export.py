@@ -29,9 +29,14 @@ def to_onnx(model: Any, opset: int, shape: Interface) -> onnx.ModelProto:
     dynamic. The one output is named for what it holds: ``probabilities``
     or ``logits``.
     """
+    import keras
     import tensorflow as tf
     import tf2onnx
 
+    if isinstance(model, keras.Sequential):
+        # tf2onnx 1.17 looks up a Keras 3 Sequential model's output under the
+        # wrong name; a functional model over the same layers converts.
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
     signature = (tf.TensorSpec((None, shape.height, shape.width, 3), tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     if len(proto.graph.output) != 1:
