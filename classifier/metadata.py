@@ -34,16 +34,15 @@ class Normalization:
     std: Triple
 
 
-_IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
-
+# Keras' preprocess_input modes; conversion.keras_model.FAMILIES says which model uses which.
 NORMALIZATIONS: dict[str, Normalization] = {
-    # x / 127.5 - 1: InceptionV3, Xception, MobileNet(V2), ResNet*V2, NASNet, ...
+    # x / 127.5 - 1
     "tf": Normalization("RGB", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
-    # RGB -> BGR, minus ImageNet's mean, no scaling: VGG, ResNet50/101/152.
+    # RGB -> BGR, minus ImageNet's mean, no scaling
     "caffe": Normalization("BGR", (103.939, 116.779, 123.68), (1.0, 1.0, 1.0)),
-    # x / 255, then ImageNet's mean and std: DenseNet.
-    "torch": Normalization("RGB", _IMAGENET_MEAN_RGB, (58.395, 57.12, 57.375)),
-    # The model preprocesses raw 0..255 pixels itself: EfficientNet(V2), ConvNeXt, MobileNetV3.
+    # x / 255, then ImageNet's mean and std
+    "torch": Normalization("RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+    # raw 0..255 pixels: the model preprocesses them itself
     "none": Normalization("RGB", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
 
@@ -56,7 +55,8 @@ class Preprocessing:
     method, its channels put in ``channel_order``, then each 0..255 value
     ``v`` of channel ``c`` becomes ``(v - mean[c]) / std[c]``. ``mode`` names
     the Keras ``preprocess_input`` mode the numbers come from; the runtime
-    uses the numbers. The defaults are InceptionV3's.
+    uses the numbers. The defaults are the default model's; the runtime
+    always reads the spec from the model's metadata.
     """
 
     height: int = 299
