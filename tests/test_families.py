@@ -152,3 +152,19 @@ def test_same_weights_give_identical_bytes(family: Family, tmp_path: Path) -> No
         )
     assert code == 0
     assert second.read_bytes() == family.model_path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("InceptionV3", "inception_v3"),
+        ("ResNet50", "resnet50"),
+        ("ResNet50V2", "resnet50v2"),
+        ("MobileNetV2", "mobilenet_v2"),
+        ("EfficientNetV2B0", "efficientnet_v2b0"),
+    ],
+)
+def test_default_file_names(name: str, stem: str) -> None:
+    from conversion.keras_model import file_stem
+
+    assert file_stem(name) == stem

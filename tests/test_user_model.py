@@ -252,3 +252,25 @@ def test_a_keras_file_needs_its_preprocessing_named(user_model: UserModel, tmp_p
     with pytest.raises(SystemExit) as exit_info:
         convert(user_model.keras_file, labels, tmp_path / "t.onnx")
     assert exit_info.value.code == 2
+
+
+def test_name_sets_the_name_the_page_shows(user_model: UserModel, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(LABELS))
+    output = tmp_path / "colours.onnx"
+    code, stdout = convert(
+        user_model.keras_file,
+        labels,
+        output,
+        *("--preprocessing", "tf", "--input-size", str(SIZE), "--name", "Colour guesser"),
+    )
+    assert code == 0, stdout
+    assert ModelMetadata.from_json(metadata_path_for(output).read_text()).name == "Colour guesser"
+
+
+def test_weights_are_refused_for_a_keras_file(user_model: UserModel, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(LABELS))
+    with pytest.raises(SystemExit) as exit_info:
+        convert(user_model.keras_file, labels, tmp_path / "t.onnx", "--weights", "random")
+    assert exit_info.value.code == 2
