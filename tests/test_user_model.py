@@ -274,3 +274,32 @@ def test_weights_are_refused_for_a_keras_file(user_model: UserModel, tmp_path: P
     with pytest.raises(SystemExit) as exit_info:
         convert(user_model.keras_file, labels, tmp_path / "t.onnx", "--weights", "random")
     assert exit_info.value.code == 2
+
+
+def test_int8_quantization_keeps_the_model_s_name_labels_and_answers(
+    user_model: UserModel, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(2)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(12):
+        colour_photo(index % 3, rng).save(photos / f"{index:02}.png")
+    float_model = tmp_path / "colours.onnx"
+    for path in user_model.model_path.parent.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(LABELS))
+    code, stdout = convert(
+        user_model.keras_file,
+        labels,
+        float_model,
+        *("--preprocessing", "tf", "--quantize", "int8", "--calibration", str(photos)),
+    )
+    assert code == 0, stdout
+    int8_model = tmp_path / "colours.int8.onnx"
+    metadata = ModelMetadata.from_json(metadata_path_for(int8_model).read_text())
+    assert (metadata.precision, metadata.name, metadata.scores) == ("int8", "colours", "logits")
+    assert metadata.verification["top1_agreement"] >= 0.99
+    int8, float32 = Classifier(int8_model), Classifier(float_model)
+    for photo in sorted(photos.iterdir())[1::2]:
+        assert int8.classify(photo, k=1)[0].label == float32.classify(photo, k=1)[0].label
