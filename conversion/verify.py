@@ -78,8 +78,8 @@ def keras_outputs(model: Any, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     features = np.asarray(keras.Model(model.input, layer.input)(inputs, training=False))
     if not isinstance(layer, keras.layers.Dense):  # a softmax layer of its own
         return outputs, features
-    kernel, *bias = (np.asarray(w) for w in layer.get_weights())
-    return outputs, features @ kernel + sum(bias)
+    bias = np.asarray(layer.bias) if layer.use_bias else 0.0
+    return outputs, features @ np.asarray(layer.kernel) + bias
 
 
 def onnx_outputs(
