@@ -1,7 +1,9 @@
-"""Convert Keras' InceptionV3 to a verified ONNX model in models/.
+"""Convert a Keras image classifier to a verified ONNX model in models/.
 
-Run once, offline, on a developer's machine; commit the result. With
-``--quantize int8`` it also makes a verified int8 model beside it. See --help.
+The model is one of keras.applications' ImageNet classifiers (InceptionV3 by
+default) or your own trained .keras file with its labels. Run once, offline,
+on a developer's machine; commit the result. With ``--quantize int8`` it also
+makes a verified int8 model beside it. See --help.
 """
 
 from __future__ import annotations
@@ -18,11 +20,19 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from classifier.assets import DEFAULT_MODEL_PATH, EXAMPLE_PHOTOS, LABELS
-from classifier.metadata import Preprocessing
+from classifier.labels import LabelsError, read_labels
+from classifier.metadata import NORMALIZATIONS, Preprocessing
 from classifier.model import ModelError, load_metadata
 from conversion.artifacts import OutputError, check_writable, publish
 from conversion.export import DEFAULT_OPSET
-from conversion.keras_model import WeightsError, WeightsSource
+from conversion.keras_model import (
+    DEFAULT_FAMILY,
+    FAMILIES,
+    UnservableModelError,
+    WeightsError,
+    WeightsSource,
+    file_stem,
+)
 from conversion.metadata import int8_metadata, model_metadata
 from conversion.quantize import CalibrationError
 from conversion.verify import Tolerance
@@ -40,7 +50,25 @@ EXIT_CODES: dict[type[Exception], int] = {
     OutputError: 4,
     CalibrationError: 5,
     ModelError: 6,
+    UnservableModelError: 7,
+    LabelsError: 8,
 }
+
+
+def is_keras_file(model: str) -> bool:
+    return model.endswith(".keras")
+
+
+def input_size(text: str) -> tuple[int, int]:
+    """``224`` -> (224, 224); ``240x320`` -> (240, 320): height x width."""
+    height, _, width = text.lower().partition("x")
+    try:
+        size = (int(height), int(width or height))
+    except ValueError:
+        size = (0, 0)
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHTxWIDTH in pixels, got {text!r}")
+    return size
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,32 +78,57 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "Exit codes: 0 written and verified; 1 verification failed (nothing "
             "written); 2 bad arguments; 3 weights unavailable or invalid; "
             "4 output folder not writable; 5 calibration photos unusable; "
-            "6 the float32 model to quantize is damaged."
+            "6 the float32 model to quantize is damaged; 7 the model is not an image "
+            "classifier the app can serve; 8 the labels do not fit the model."
         ),
     )
     parser.add_argument(
+        "--model",
+        default=DEFAULT_FAMILY,
+        metavar="NAME|PATH",
+        help=f"a keras.applications classifier ({DEFAULT_FAMILY}, the default; any of "
+        f"{', '.join(sorted(FAMILIES))}) or the PATH of your own trained .keras model",
+    )
+    parser.add_argument(
         "--weights",
-        default="imagenet",
-        help="'imagenet' (the default: Keras' download and cache, honouring KERAS_HOME), "
-        "'random' (seeded random weights, for offline tests), or the PATH of a "
-        "Keras weights file (Keras' published .h5 or a Keras 3 .weights.h5)",
+        help="for keras.applications models: 'imagenet' (the default: Keras' download "
+        "and cache, honouring KERAS_HOME), 'random' (seeded random weights, for offline "
+        "tests), or the PATH of a Keras weights file (Keras' published .h5 or a Keras 3 "
+        ".weights.h5)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for --weights random (0)")
     parser.add_argument(
         "--output",
         type=Path,
-        default=DEFAULT_MODEL_PATH,
         metavar="PATH",
         help="the .onnx file to write; its metadata .json and the labels go beside "
-        "it (models/inception_v3.onnx)",
+        "it (models/inception_v3.onnx for InceptionV3, models/NAME.onnx otherwise)",
     )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (%(default)s)")
     parser.add_argument(
         "--labels",
         type=Path,
-        default=LABELS,
         metavar="PATH",
-        help="Keras class index JSON to ship beside the model (models/imagenet_class_index.json)",
+        help="the class names, shipped beside the model: one per line, a JSON list, or "
+        "a Keras class index (the default for keras.applications models: "
+        "models/imagenet_class_index.json); required for a .keras model",
+    )
+    parser.add_argument(
+        "--preprocessing",
+        choices=list(NORMALIZATIONS),
+        help="for a .keras model (required): how its training images were scaled, as "
+        "in keras.applications' preprocess_input: tf (x/127.5 - 1), caffe (BGR minus "
+        "ImageNet's mean), torch (x/255, ImageNet's mean and std) or none (raw 0..255, "
+        "the model scales them itself)",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=input_size,
+        metavar="SIZE",
+        help="the image size, SIZE or HEIGHTxWIDTH, for a model that accepts any size",
+    )
+    parser.add_argument(
+        "--name", help="the name the page shows (the model's name, or the .keras file's stem)"
     )
     parser.add_argument(
         "--photos",
@@ -127,6 +180,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "smaller share of the verification photos (%(default)s)",
     )
     args = parser.parse_args(argv)
+    if is_keras_file(args.model):
+        check_keras_file_args(parser, args)
+    else:
+        check_application_args(parser, args)
+    if args.output is None:
+        stem = Path(args.model).stem if is_keras_file(args.model) else file_stem(args.model)
+        args.output = DEFAULT_MODEL_PATH.parent / f"{stem}.onnx"
     if args.output.suffix != ".onnx":
         parser.error(f"--output must end in .onnx, got {args.output}")
     if args.quantize and args.calibration is None:
@@ -134,6 +194,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not args.labels.is_file():
         parser.error(f"labels file {args.labels} not found")
     return args
+
+
+def check_keras_file_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not Path(args.model).is_file():
+        parser.error(f"model file {args.model} not found")
+    if args.labels is None:
+        parser.error("a .keras model needs --labels PATH: its class names, one per line")
+    if args.preprocessing is None:
+        parser.error(
+            "a .keras model needs --preprocessing tf|caffe|torch|none: how its training "
+            "images were scaled"
+        )
+    if args.weights is not None:
+        parser.error("--weights is for keras.applications models; a .keras file holds its own")
+
+
+def check_application_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.model not in FAMILIES:
+        parser.error(
+            f"unknown model {args.model!r}: give the path of a .keras file or one of "
+            f"keras.applications' classifiers: {', '.join(sorted(FAMILIES))}"
+        )
+    if args.preprocessing is not None:
+        parser.error(f"--preprocessing is for .keras models; {args.model} has its own")
+    args.weights = args.weights or "imagenet"
+    args.labels = args.labels or LABELS
 
 
 @contextmanager
@@ -148,16 +234,25 @@ def step(title: str) -> Iterator[None]:
 def convert(args: argparse.Namespace) -> None:
     """Build, convert, verify, then write; nothing is written unless verified."""
     from conversion.export import to_onnx
-    from conversion.keras_model import build_model
+    from conversion.keras_model import build_model, interface, load_keras_file
     from conversion.verify import check_parity, verification_inputs
 
     check_writable(args.output.parent)
-    weights = WeightsSource.parse(args.weights, args.seed)
-    preprocessing = Preprocessing()
-    with step(f"Building InceptionV3 with {args.weights} weights"):
-        keras_model = build_model(weights)
+    if is_keras_file(args.model):
+        weights = WeightsSource("file", path=Path(args.model))
+        with step(f"Loading {args.model}"):
+            keras_model = load_keras_file(Path(args.model))
+        name, architecture, mode = Path(args.model).stem, keras_model.name, args.preprocessing
+    else:
+        weights = WeightsSource.parse(args.weights, args.seed)
+        with step(f"Building {args.model} with {args.weights} weights"):
+            keras_model = build_model(weights, args.model)
+        name, architecture, mode = args.model, args.model, FAMILIES[args.model].mode
+    shape = interface(keras_model, args.input_size)
+    check_labels(args.labels, shape.classes)
+    preprocessing = Preprocessing.for_mode(mode, shape.height, shape.width)
     with step(f"Converting to ONNX (opset {args.opset})"):
-        proto = to_onnx(keras_model, args.opset)
+        proto = to_onnx(keras_model, args.opset, shape)
         model_bytes = proto.SerializeToString()
     with step("Verifying ONNX against Keras"):
         inputs = verification_inputs(args.photos, preprocessing)
@@ -172,17 +267,37 @@ def convert(args: argparse.Namespace) -> None:
         metadata = model_metadata(
             args.output,
             model_bytes,
-            weights,
-            preprocessing,
-            args.labels.name,
-            args.opset,
-            keras_model.output_shape[-1],
-            report,
+            name=args.name or name,
+            architecture=architecture,
+            weights=weights,
+            shape=shape,
+            preprocessing=preprocessing,
+            labels_file=shipped_labels_name(args.labels, args.output),
+            opset=args.opset,
+            report=report,
         )
         publish(args.output, model_bytes, metadata, args.labels.read_bytes())
     print(
         f"Wrote {args.output} ({len(model_bytes) / 1e6:.1f} MB, sha256 {metadata.sha256[:12]}...)"
     )
+
+
+def check_labels(path: Path, classes: int) -> None:
+    """Refuse labels that are not one for each of the model's classes."""
+    labels = read_labels(path)
+    if len(labels) != classes:
+        raise LabelsError(
+            f"Labels file {path} has {len(labels)} labels, but the model has {classes} "
+            "classes: give one label per class, in the order of the model's outputs."
+        )
+
+
+def shipped_labels_name(labels: Path, output: Path) -> str:
+    """ImageNet's class index ships under its own name, shared by every ImageNet
+    model in the folder; other labels are named after their model."""
+    if labels.resolve() == LABELS:
+        return LABELS.name
+    return f"{output.stem}.labels{labels.suffix}"
 
 
 def quantize(args: argparse.Namespace) -> None:

@@ -132,17 +132,15 @@ def _too_large_message() -> str:
 def build_api(classifier: Classifier) -> FastAPI:
     """The REST routes over ``classifier``; mount the page on it afterwards."""
     metadata = classifier.metadata
-    classes = metadata.output.shape[-1]
-    model = ModelOut(
-        name=metadata.architecture, precision=metadata.precision, sha256=metadata.sha256
-    )
+    classes = metadata.classes
+    model = ModelOut(name=metadata.name, precision=metadata.precision, sha256=metadata.sha256)
     metrics.MODEL_INFO.labels(model.name, model.precision, model.sha256).set(1)
     metrics.BUDGET_CAPACITY.set(classifier.budget.capacity)
     metrics.BUDGET_IN_USE.set_function(lambda: classifier.budget.in_use)
     metrics.WAITING.set_function(lambda: classifier.budget.waiting)
 
     api = FastAPI(
-        title=f"{metadata.architecture} image classifier",
+        title=f"{metadata.name} image classifier",
         description="Classify an image with one request. The page is at `/`.",
         docs_url="/docs",
         redoc_url=None,

@@ -1,9 +1,10 @@
 """The metadata file that sits beside every converted model.
 
-The converter writes it; the runtime reads its input size, preprocessing and
-labels from it, so a different Keras classifier can be served without code
-changes. It also pins the model file by sha256, so a truncated or swapped
-model is caught before it is served.
+The converter writes it; the runtime reads everything it needs from it: the
+input size and preprocessing, the labels, whether the model outputs
+probabilities or logits, and the name to show. So any Keras image classifier
+the converter accepts is served without code changes. It also pins the model
+file by sha256, so a truncated or swapped model is caught before it is served.
 """
 
 from __future__ import annotations
@@ -14,7 +15,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+Triple = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """One of Keras' ``preprocess_input`` modes, as per-channel numbers.
+
+    A 0..255 channel value ``v`` becomes ``(v - mean) / std``, after the
+    channels are put in ``channel_order``. ``mean`` and ``std`` are in 0..255
+    units, so ``torch``'s ``(v / 255 - m) / s`` is ``mean = 255 m``, ``std = 255 s``.
+    """
+
+    channel_order: str
+    mean: Triple
+    std: Triple
+
+
+# Keras' preprocess_input modes; conversion.keras_model.FAMILIES says which model uses which.
+NORMALIZATIONS: dict[str, Normalization] = {
+    # x / 127.5 - 1
+    "tf": Normalization("RGB", (127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+    # RGB -> BGR, minus ImageNet's mean, no scaling
+    "caffe": Normalization("BGR", (103.939, 116.779, 123.68), (1.0, 1.0, 1.0)),
+    # x / 255, then ImageNet's mean and std
+    "torch": Normalization("RGB", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+    # raw 0..255 pixels: the model preprocesses them itself
+    "none": Normalization("RGB", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
 
 
 @dataclass(frozen=True)
@@ -22,17 +52,43 @@ class Preprocessing:
     """How an RGB image becomes the model's input tensor.
 
     The image is resized to ``height`` x ``width`` with Pillow's ``resize``
-    method, then each 0..255 channel value ``v`` becomes ``v * scale + offset``
-    (Keras' ``inception_v3.preprocess_input``: ``v / 127.5 - 1``).
+    method, its channels put in ``channel_order``, then each 0..255 value
+    ``v`` of channel ``c`` becomes ``(v - mean[c]) / std[c]``. ``mode`` names
+    the Keras ``preprocess_input`` mode the numbers come from; the runtime
+    uses the numbers. The defaults are the default model's; the runtime
+    always reads the spec from the model's metadata.
     """
 
     height: int = 299
     width: int = 299
     resize: str = "bilinear"
-    scale: float = 1 / 127.5
-    offset: float = -1.0
+    mode: str = "tf"
     channel_order: str = "RGB"
+    mean: Triple = NORMALIZATIONS["tf"].mean
+    std: Triple = NORMALIZATIONS["tf"].std
     layout: str = "NHWC"
+
+    @classmethod
+    def for_mode(cls, mode: str, height: int, width: int) -> Preprocessing:
+        """The spec for one of ``NORMALIZATIONS``' modes at the given input size."""
+        if mode not in NORMALIZATIONS:
+            raise ValueError(
+                f"unknown preprocessing mode {mode!r}; choose one of {', '.join(NORMALIZATIONS)}"
+            )
+        normalization = NORMALIZATIONS[mode]
+        return cls(
+            height=height,
+            width=width,
+            mode=mode,
+            channel_order=normalization.channel_order,
+            mean=normalization.mean,
+            std=normalization.std,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """The inverse of ``asdict``: JSON lists become the tuples they were."""
+        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
 
 
 @dataclass(frozen=True)
@@ -44,11 +100,17 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class ModelMetadata:
-    """Everything needed to serve, trust and reproduce one model file."""
+    """Everything needed to serve, trust and reproduce one model file.
+
+    ``name`` is what the page and the API call the model; ``scores`` says
+    whether its output is ``probabilities`` or ``logits`` (the runtime then
+    applies the softmax).
+    """
 
     model_file: str
     sha256: str
     size_bytes: int
+    name: str
     architecture: str
     precision: str
     weights: dict[str, Any]
@@ -57,10 +119,15 @@ class ModelMetadata:
     preprocessing: Preprocessing
     labels_file: str
     opset: int
+    scores: str = "probabilities"
     versions: dict[str, str] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    @property
+    def classes(self) -> int:
+        return int(self.output.shape[-1])
 
     @property
     def weights_source(self) -> str:
@@ -76,7 +143,7 @@ class ModelMetadata:
             raise ValueError(f"unsupported metadata format_version {data.get('format_version')!r}")
         data["input"] = TensorSpec(**data["input"])
         data["output"] = TensorSpec(**data["output"])
-        data["preprocessing"] = Preprocessing(**data["preprocessing"])
+        data["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
         return cls(**data)
 
 

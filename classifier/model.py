@@ -9,11 +9,9 @@ numpy, Pillow and onnxruntime.
 from __future__ import annotations
 
 import ctypes
-import json
 import logging
 import math
 import os
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from classifier import metrics
 from classifier.admission import MemoryBudget
 from classifier.assets import DEFAULT_MODEL_PATH
 from classifier.batching import Batcher
+from classifier.labels import Label, LabelsError, read_labels
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.preprocess import (
     DEFAULT_MAX_PIXELS,
@@ -172,22 +171,24 @@ def load_metadata(model_path: Path) -> ModelMetadata:
     return metadata
 
 
-def load_labels(path: Path) -> list[tuple[str, str]]:
-    """Keras' class index file -> ``[(class_id, readable name), ...]`` by index.
-
-    Names lose their underscores; the two names ImageNet uses twice ("crane",
-    "maillot") get their WordNet id, so every class has its own label.
-    """
+def load_labels(path: Path, classes: int) -> list[Label]:
+    """The labels file beside the model -> ``[(class_id, readable name), ...]`` by index."""
     try:
-        index = json.loads(path.read_text())
-        entries = [index[str(i)] for i in range(len(index))]
-    except (OSError, ValueError, KeyError) as error:
-        raise ModelError(f"Labels file {path} is missing or damaged ({error}).") from error
-    names = Counter(name for _, name in entries)
-    return [
-        (class_id, name.replace("_", " ") + (f" ({class_id})" if names[name] > 1 else ""))
-        for class_id, name in entries
-    ]
+        labels = read_labels(path)
+    except LabelsError as error:
+        raise ModelError(f"{error} To fix it, {CONVERT_HINT} again.") from error
+    if len(labels) != classes:
+        raise ModelError(
+            f"Labels file {path} has {len(labels)} labels for the model's {classes} classes: "
+            f"{CONVERT_HINT} again."
+        )
+    return labels
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Logits ``(n, classes)`` -> probabilities, for models that output logits."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 class Classifier:
@@ -209,7 +210,9 @@ class Classifier:
     ) -> None:
         self.model_path = Path(model_path)
         self.metadata = load_metadata(self.model_path)
-        self.labels = load_labels(self.model_path.parent / self.metadata.labels_file)
+        self.labels = load_labels(
+            self.model_path.parent / self.metadata.labels_file, self.metadata.classes
+        )
         self.settings = settings or SessionSettings.from_env()
         self.max_pixels = max_pixels
         try:
@@ -267,7 +270,8 @@ class Classifier:
         into the next run together.
         """
         with metrics.INFERENCE_SECONDS.time():
-            return self._run_batched(batch)
+            scores = self._run_batched(batch)
+        return softmax(scores) if self.metadata.scores == "logits" else scores
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input_name: batch})[0]

@@ -2,9 +2,11 @@
 
 An image of up to ``EXACT_PATH_MAX_PIXELS`` takes exactly the pipeline the
 converter verified the ONNX model against: Keras' ``load_img(path,
-target_size, interpolation="bilinear")`` followed by the model's
-``preprocess_input``. On top of Keras it honours EXIF orientation,
-composites transparency onto white and scales 16-bit and float images.
+target_size=(height, width), interpolation="bilinear")`` followed by the
+model family's ``preprocess_input`` (``tf``, ``caffe``, ``torch``, or none
+where the model scales its input itself), all read from the model's
+metadata. On top of Keras it honours EXIF orientation, composites
+transparency onto white and scales 16-bit and float images.
 
 Larger images never exist in memory at full size more than once, and, where
 the format allows, not at all. JPEG is decoded by Pillow at reduced scale
@@ -343,8 +345,22 @@ def _gray_to_rgb(samples: np.ndarray) -> Image.Image:
 
 def to_array(image: Image.Image, spec: Preprocessing) -> np.ndarray:
     """An RGB image of the input size -> the model's float32 HWC input."""
-    pixels = np.asarray(image, dtype=np.float32)
-    return pixels * np.float32(spec.scale) + np.float32(spec.offset)
+    return normalize(np.asarray(image, dtype=np.float32), spec)
+
+
+def normalize(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """0..255 RGB values ``(..., 3)`` -> ``(v - mean) / std`` in the model's channel order.
+
+    Computed as ``v * (1 / std) + (-mean / std)`` with both factors rounded to
+    float32 once: within a float32 rounding of Keras' own arithmetic.
+    """
+    if spec.channel_order == "BGR":
+        pixels = pixels[..., ::-1]
+    mean = np.asarray(spec.mean, dtype=np.float64)
+    std = np.asarray(spec.std, dtype=np.float64)
+    scale = (1.0 / std).astype(np.float32)
+    offset = (-mean / std).astype(np.float32)
+    return pixels.astype(np.float32) * scale + offset
 
 
 def preprocess(

@@ -42,13 +42,13 @@ def uploaded_image(**kwargs: object) -> gr.Image:
 def describe(metadata: ModelMetadata) -> str:
     """What the page does, and, set apart in bold, that random weights answer nonsense."""
     intro = (
-        f"Drop a photo, or pick an example, to see the {TOP_K} most likely of the "
-        f"{metadata.output.shape[-1]} ImageNet classes."
+        f"Drop a photo, or pick an example, to see the {min(TOP_K, metadata.classes)} most "
+        f"likely of the {metadata.classes} classes {metadata.name} knows."
     )
     if metadata.weights.get("source") != "random":
         return intro
     return (
-        f"{intro}\n\n> **Demo only: these are random test weights, not ImageNet's, so the "
+        f"{intro}\n\n> **Demo only: these are random test weights, not trained ones, so the "
         "answers are meaningless.**"
     )
 
@@ -70,8 +70,11 @@ def provenance(metadata: ModelMetadata) -> str:
         if verification.get("passed")
         else ""
     )
+    model = metadata.name
+    if metadata.architecture != metadata.name:
+        model += f" (Keras model `{metadata.architecture}`)"
     return (
-        f"Model: {metadata.architecture}, {metadata.precision} ONNX (opset {metadata.opset}, "
+        f"Model: {model}, {metadata.precision} ONNX (opset {metadata.opset}, "
         f"{metadata.size_bytes / 1e6:.0f} MB), run by ONNX Runtime; weights: {source}.{checked}"
     )
 
@@ -98,11 +101,11 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
 
     metadata = classifier.metadata
     with gr.Blocks(
-        title=f"{metadata.architecture} image classifier",
+        title=f"{metadata.name} image classifier",
         analytics_enabled=False,
         delete_cache=DELETE_CACHE,
     ) as demo:
-        gr.Markdown(f"# {metadata.architecture} image classifier\n{describe(metadata)}")
+        gr.Markdown(f"# {metadata.name} image classifier\n{describe(metadata)}")
         label = gr.Label(
             num_top_classes=TOP_K, label=f"Top {TOP_K} classes", elem_id="answer", render=False
         )

@@ -1,1 +1,1 @@
-"""Offline conversion of Keras InceptionV3 to ONNX; needs TensorFlow (dev only)."""
+"""Offline conversion of Keras image classifiers to ONNX; needs TensorFlow (dev only)."""

@@ -9,32 +9,44 @@ and only then written, atomically.
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 import onnx
 
+from conversion.keras_model import Interface
+
 INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
 DEFAULT_OPSET = 17
 
 _COUNTER_SUFFIX = re.compile(r"__\d+")
 
 
-def to_onnx(model: Any, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+def to_onnx(model: Any, opset: int, shape: Interface) -> onnx.ModelProto:
     """Convert a Keras classifier with NHWC float32 input to ONNX.
 
-    The batch dimension stays dynamic; the single output is the softmax.
+    The input is ``images``, of ``shape``'s size; the batch dimension stays
+    dynamic. The one output is named for what it holds: ``probabilities``
+    or ``logits``.
     """
+    import keras
     import tensorflow as tf
     import tf2onnx
 
-    _, height, width, channels = model.input_shape
-    signature = (tf.TensorSpec((None, height, width, channels), tf.float32, name=INPUT_NAME),)
+    # tf2onnx skips an optimizer pass that fails on a graph (its transpose pass
+    # does on MobileNetV3) and logs the traceback as a warning; the graph is
+    # verified against Keras either way.
+    logging.getLogger("tf2onnx.optimizer").setLevel(logging.ERROR)
+    if isinstance(model, keras.Sequential):
+        # tf2onnx 1.17 looks up a Keras 3 Sequential model's output under the
+        # wrong name; a functional model over the same layers converts.
+        model = keras.Model(model.inputs, model.outputs, name=model.name)
+    signature = (tf.TensorSpec((None, shape.height, shape.width, 3), tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
     if len(proto.graph.output) != 1:
         raise ValueError(f"expected one model output, got {len(proto.graph.output)}")
-    _rename_tensor(proto.graph, proto.graph.output[0].name, OUTPUT_NAME)
+    _rename_tensor(proto.graph, proto.graph.output[0].name, shape.scores)
     proto.graph.name = model.name
     canonicalize_names(proto.graph)
     return proto
@@ -47,7 +59,8 @@ def canonicalize_names(graph: onnx.GraphProto) -> None:
     numbers the model's scope for each trace, so a second conversion in one
     process would name everything differently. Names lose those counters and
     the outermost scope, then are made unique in graph order; the one dynamic
-    dimension, the batch, is called ``batch``.
+    dimension, the batch, is called ``batch``. Constants are named after
+    their first use (see ``_name_initializers_by_use``).
     """
     boundary = {value.name for value in graph.input} | {value.name for value in graph.output}
     tensor_names: dict[str, str] = {}
@@ -60,19 +73,46 @@ def canonicalize_names(graph: onnx.GraphProto) -> None:
             tensor_names[name] = _unique(_strip_counters(name), used)
         return tensor_names[name]
 
-    for initializer in graph.initializer:
-        initializer.name = canonical(initializer.name)
     node_names: set[str] = set()
     for node in graph.node:
-        node.input[:] = [canonical(name) for name in node.input]
-        node.output[:] = [canonical(name) for name in node.output]
         node.name = _unique(_strip_counters(node.name), node_names)
+    constants = _name_initializers_by_use(graph)
+    used.update(constants)
+    for node in graph.node:
+        node.input[:] = [name if name in constants else canonical(name) for name in node.input]
+        node.output[:] = [canonical(name) for name in node.output]
     for value in graph.value_info:
         value.name = canonical(value.name)
     for value in list(graph.input) + list(graph.output) + list(graph.value_info):
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param"):
                 dim.dim_param = "batch"
+
+
+def _name_initializers_by_use(graph: onnx.GraphProto) -> set[str]:
+    """Name each constant after the node that first uses it, and list them in that order.
+
+    Among equal constants, tf2onnx keeps one that varies from run to run, and
+    names the constants it makes in an order that varies too (EfficientNet,
+    MobileNetV3); the graph's node order and node names do not. Returns the
+    constants' new names.
+    """
+    by_name = {initializer.name: initializer for initializer in graph.initializer}
+    renamed: dict[str, str] = {}
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            if name in by_name and name not in renamed:
+                renamed[name] = f"{node.name}/{slot}"
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    ordered = []
+    for name in [*renamed, *(name for name in by_name if name not in renamed)]:
+        initializer = onnx.TensorProto()
+        initializer.CopyFrom(by_name[name])
+        initializer.name = renamed.get(name, name)
+        ordered.append(initializer)
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
+    return set(renamed.values())
 
 
 def _strip_counters(name: str) -> str:
@@ -107,7 +147,8 @@ def with_logits_output(proto: onnx.ModelProto) -> onnx.ModelProto:
     """
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
-    softmax = next((node for node in copy.graph.node if OUTPUT_NAME in node.output), None)
+    output = copy.graph.output[0].name
+    softmax = next((node for node in copy.graph.node if output in node.output), None)
     if softmax is None or softmax.op_type != "Softmax":
         raise ValueError("the model's output is not produced by a Softmax node")
     copy.graph.output.append(

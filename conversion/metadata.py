@@ -9,8 +9,8 @@ from typing import Any
 
 from classifier.metadata import ModelMetadata, Preprocessing, TensorSpec
 from conversion.artifacts import sha256_of_bytes
-from conversion.export import INPUT_NAME, OUTPUT_NAME
-from conversion.keras_model import WeightsSource
+from conversion.export import INPUT_NAME
+from conversion.keras_model import Interface, WeightsSource
 from conversion.quantize import AgreementReport
 from conversion.verify import ParityReport
 
@@ -24,25 +24,30 @@ def toolchain_versions() -> dict[str, str]:
 def model_metadata(
     model_path: Path,
     model_bytes: bytes,
+    *,
+    name: str,
+    architecture: str,
     weights: WeightsSource,
+    shape: Interface,
     preprocessing: Preprocessing,
     labels_file: str,
     opset: int,
-    classes: int,
     report: ParityReport,
 ) -> ModelMetadata:
     return ModelMetadata(
         model_file=model_path.name,
         sha256=sha256_of_bytes(model_bytes),
         size_bytes=len(model_bytes),
-        architecture="InceptionV3",
+        name=name,
+        architecture=architecture,
         precision="float32",
         weights=weights.describe(),
-        input=TensorSpec(INPUT_NAME, [None, preprocessing.height, preprocessing.width, 3]),
-        output=TensorSpec(OUTPUT_NAME, [None, classes]),
+        input=TensorSpec(INPUT_NAME, [None, shape.height, shape.width, 3]),
+        output=TensorSpec(shape.scores, [None, shape.classes]),
         preprocessing=preprocessing,
         labels_file=labels_file,
         opset=opset,
+        scores=shape.scores,
         versions=toolchain_versions(),
         verification={"against": "Keras", **asdict(report)},
     )

@@ -9,6 +9,7 @@ image than trained features do: measurements on this model are a floor for
 int8 agreement, not a forecast for ImageNet weights.
 
     python -m conversion.synthetic --seed 0 --output /tmp/confident.weights.h5
+    python -m conversion.synthetic --model ResNet50 --output /tmp/resnet50.weights.h5
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ import numpy as np
 from classifier.assets import EXAMPLE_PHOTOS
 from classifier.metadata import Preprocessing
 from classifier.preprocess import preprocess
-from conversion.keras_model import WeightsSource, build_model
+from conversion.keras_model import (
+    DEFAULT_FAMILY,
+    FAMILIES,
+    WeightsSource,
+    build_model,
+    interface,
+)
+from conversion.verify import keras_outputs
 
 
 def _median_top_probability(logits: np.ndarray) -> float:
@@ -31,22 +39,25 @@ def _median_top_probability(logits: np.ndarray) -> float:
 
 
 def write_confident_weights(
-    path: Path, seed: int = 0, photos: Sequence[Path] = EXAMPLE_PHOTOS, confidence: float = 0.7
+    path: Path,
+    seed: int = 0,
+    photos: Sequence[Path] = EXAMPLE_PHOTOS,
+    confidence: float = 0.7,
+    family: str = DEFAULT_FAMILY,
 ) -> float:
-    """Write seeded random weights whose top class holds ``confidence`` (median
-    over ``photos``) of the probability; return the dense layer's scale."""
-    import keras
-
-    model = build_model(WeightsSource("random", seed=seed))
-    head = model.layers[-1]
-    inputs = np.stack([preprocess(photo, Preprocessing()) for photo in photos])
-    features = np.asarray(keras.Model(model.input, head.input)(inputs, training=False))
-    kernel, bias = head.get_weights()
-    logits = features @ kernel + bias
+    """Write seeded random weights for ``family`` whose top class holds
+    ``confidence`` (median over ``photos``) of the probability; return the
+    scale of the last layer with weights, the one that makes the logits."""
+    model = build_model(WeightsSource("random", seed=seed), family)
+    shape = interface(model)
+    spec = Preprocessing.for_mode(FAMILIES[family].mode, shape.height, shape.width)
+    inputs = np.stack([preprocess(photo, spec) for photo in photos])
+    _, logits = keras_outputs(model, inputs)
     scale = 1.0
     while _median_top_probability(logits * scale) < confidence:
         scale *= 2.0
-    head.set_weights([kernel * scale, bias * scale])
+    logits_layer = next(layer for layer in reversed(model.layers) if layer.weights)
+    logits_layer.set_weights([weight * scale for weight in logits_layer.get_weights()])
     model.save_weights(path)
     return scale
 
@@ -55,9 +66,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True, help="a .weights.h5 file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", choices=sorted(FAMILIES), default=DEFAULT_FAMILY)
     args = parser.parse_args()
-    scale = write_confident_weights(args.output, args.seed)
-    print(f"Wrote {args.output} (dense layer scaled by {scale:g})")
+    scale = write_confident_weights(args.output, args.seed, family=args.model)
+    print(f"Wrote {args.output} ({args.model}, logits scaled by {scale:g})")
 
 
 if __name__ == "__main__":

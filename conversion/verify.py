@@ -12,8 +12,10 @@ import onnx
 import onnxruntime as ort
 
 from classifier.metadata import Preprocessing
-from classifier.preprocess import preprocess
+from classifier.model import softmax
+from classifier.preprocess import normalize, preprocess
 from conversion.export import INPUT_NAME, with_logits_output
+from conversion.keras_model import head, output_scores
 
 TOP_K = 5
 
@@ -57,11 +59,11 @@ class ParityReport:
 def verification_inputs(
     photos: Sequence[Path], spec: Preprocessing, noise_count: int = 2, seed: int = 0
 ) -> np.ndarray:
-    """Real photos through the app's preprocessing, plus deterministic noise."""
+    """Real photos through the app's preprocessing, plus deterministic noise images."""
     arrays = [preprocess(photo, spec) for photo in photos]
     rng = np.random.default_rng(seed)
     shape = (spec.height, spec.width, 3)
-    arrays += [rng.uniform(-1.0, 1.0, shape).astype(np.float32) for _ in range(noise_count)]
+    arrays += [normalize(rng.uniform(0.0, 255.0, shape), spec) for _ in range(noise_count)]
     return np.stack(arrays)
 
 
@@ -69,21 +71,31 @@ def keras_outputs(model: Any, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """Keras' probabilities and logits (the softmax's input) for ``inputs``."""
     import keras
 
-    head = model.layers[-1]
-    features = keras.Model(model.input, head.input)(inputs, training=False)
-    kernel, bias = (np.asarray(w) for w in head.get_weights())
-    logits = np.asarray(features) @ kernel + bias
-    probabilities = np.asarray(model(inputs, training=False))
-    return probabilities, logits
+    outputs = np.asarray(model(inputs, training=False))
+    if output_scores(model) == "logits":
+        return softmax(outputs), outputs
+    layer, _ = head(model)
+    features = np.asarray(keras.Model(model.input, layer.input)(inputs, training=False))
+    if not isinstance(layer, keras.layers.Dense):  # a softmax layer of its own
+        return outputs, features
+    bias = np.asarray(layer.bias) if layer.use_bias else 0.0
+    return outputs, features @ np.asarray(layer.kernel) + bias
 
 
-def onnx_outputs(proto: onnx.ModelProto, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def onnx_outputs(
+    proto: onnx.ModelProto, inputs: np.ndarray, scores: str = "probabilities"
+) -> tuple[np.ndarray, np.ndarray]:
     """onnxruntime's probabilities and logits for ``inputs``."""
-    session = ort.InferenceSession(
-        with_logits_output(proto).SerializeToString(), providers=["CPUExecutionProvider"]
-    )
-    probabilities, logits = session.run(None, {INPUT_NAME: inputs})
+    if scores == "logits":
+        logits = _run(proto, inputs)[0]
+        return softmax(logits), logits
+    probabilities, logits = _run(with_logits_output(proto), inputs)
     return probabilities, logits
+
+
+def _run(proto: onnx.ModelProto, inputs: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {INPUT_NAME: inputs})
 
 
 def compare(
@@ -141,4 +153,6 @@ def check_parity(
     tolerance: Tolerance = Tolerance(),
 ) -> ParityReport:
     """Run both models on ``inputs`` and compare their answers."""
-    return compare(keras_outputs(keras_model, inputs), onnx_outputs(proto, inputs), tolerance)
+    expected = keras_outputs(keras_model, inputs)
+    actual = onnx_outputs(proto, inputs, output_scores(keras_model))
+    return compare(expected, actual, tolerance)

@@ -56,7 +56,7 @@ def test_photo_gives_the_python_apis_top_5(http: httpx.Client, model_path: Path)
         assert answered["probability"] == pytest.approx(prediction.probability, rel=1e-5)
     model = Classifier(model_path).metadata
     assert body["model"] == {
-        "name": model.architecture,
+        "name": model.name,
         "precision": "float32",
         "sha256": model.sha256,
     }

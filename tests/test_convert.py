@@ -15,10 +15,16 @@ import pytest
 from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT, SEED, Converted, run_converter
 
 from classifier.metadata import ModelMetadata, Preprocessing, sha256_of
-from conversion.keras_model import IMAGENET_WEIGHTS_FILE, imagenet_weights_cache_path
+from conversion.keras_model import keras_home
 from conversion.verify import compare, keras_outputs, onnx_outputs, verification_inputs
 
 CONVERTER = str(ROOT / "convert_model.py")
+IMAGENET_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"
+"""The file Keras downloads for InceptionV3's ImageNet weights."""
+
+
+def imagenet_weights_cache_path() -> Path:
+    return keras_home() / "models" / IMAGENET_WEIGHTS_FILE
 
 
 def read_metadata(model_path: Path) -> ModelMetadata:
