@@ -61,8 +61,8 @@ _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3,
 """Decoded size of a Pillow mode; every mode not named here takes at most 4."""
 
 # What a decode costs beyond its input pixels: the model-sized output, the
-# libraries' buffers and Python's objects. Measured peaks (benchmarks/memory.py
-# --decode) stay under these estimates; tests/test_memory.py asserts it.
+# libraries' buffers and Python's objects. tests/test_memory.py measures the
+# peak of each kind of 40-megapixel upload and asserts it stays under these.
 BASE_COST = 16 * MB
 EXACT_COST_PER_PIXEL = 16
 """RGBA decoded (4), a white background (4), the composite (4) and RGB (3)."""
@@ -102,7 +102,7 @@ class UnsupportedImageError(ImageError):
 def configure_vips(threads: int = 1) -> None:
     """Set libvips up for untrusted uploads, once per process.
 
-    Only the four loaders the app needs may run (libvips has dozens, some
+    Only the three loaders the app needs may run (libvips has dozens, some
     far less hardened); its operation cache, which would keep decoded
     images alive between requests, is off; and each decode uses ``threads``
     threads, as requests already decode side by side on the dyno's cores.
@@ -265,12 +265,8 @@ def _decode_jpeg_drafted(
 
 def _decode_with_vips(image: Image.Image, source: ImageSource, spec: Preprocessing) -> Image.Image:
     """libvips shrinks on load to twice the input size, orients, then flattens and converts."""
-    if isinstance(source, str | Path):
-        stream = pyvips.Source.new_from_file(str(source))
-    else:
-        stream = pyvips.Source.new_from_memory(_read_all(source))
     shrunk = pyvips.Image.thumbnail_source(
-        stream,
+        _vips_source(source),
         2 * spec.width,
         height=2 * spec.height,
         size="force",
@@ -284,11 +280,17 @@ def _decode_with_vips(image: Image.Image, source: ImageSource, spec: Preprocessi
     return Image.fromarray(array[..., :3])
 
 
-def _read_all(source: bytes | BinaryIO) -> bytes:
+def _vips_source(source: str | Path | bytes | BinaryIO) -> pyvips.Source:
+    """Where libvips reads the file from: an upload on disk is never read into memory."""
+    if isinstance(source, str | Path):
+        return pyvips.Source.new_from_file(str(source))
     if isinstance(source, bytes):
-        return source
+        return pyvips.Source.new_from_memory(source)
     source.seek(0)
-    return source.read()
+    try:
+        return pyvips.Source.new_from_descriptor(source.fileno())  # libvips dup()s it
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return pyvips.Source.new_from_memory(source.read())
 
 
 def _decode_in_strips(image: Image.Image, source: ImageSource, spec: Preprocessing) -> Image.Image:
