@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from classifier.assets import DEFAULT_MODEL_PATH
+from classifier.cpu import log_cpu_support
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.preprocess import DEFAULT_MAX_PIXELS, ImageSource, preprocess
 
@@ -178,6 +179,7 @@ class Classifier:
             self.metadata.precision,
             self.metadata.weights_source,
         )
+        log_cpu_support(self.metadata.precision, self.metadata.verification)
 
     @classmethod
     def from_env(cls) -> Classifier:
