@@ -157,6 +157,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.output.suffix != ".onnx":
         parser.error(f"--output must end in .onnx, got {args.output}")
+    if args.emulated_photos < 1:
+        parser.error("--emulated-photos must be at least 1")
     if args.quantize and args.calibration is None:
         parser.error("--quantize int8 needs --calibration DIR, a folder of real photos")
     if not args.labels.is_file():

@@ -60,7 +60,9 @@ class Int8Scheme:
     activations: QuantType
     weights: QuantType
     reduce_range: bool
+    """7-bit weights: no pair of uint8 x int8 products can overflow 16 bits."""
     portable: bool
+    """Meant for every CPU, so the converter checks it as an AVX2 CPU too."""
     cpus: str
     per_channel: bool = True
     operators: tuple[str, ...] = ()
@@ -87,7 +89,7 @@ PORTABLE = Int8Scheme(
     QuantType.QInt8,
     reduce_range=True,
     portable=True,
-    cpus="every CPU: 7-bit weights cannot saturate onnxruntime's AVX2 and AVX-512 kernels",
+    cpus="every x86-64 CPU: 7-bit weights cannot saturate onnxruntime's AVX2 and AVX-512 kernels",
 )
 VNNI = Int8Scheme(
     "vnni",
@@ -95,7 +97,7 @@ VNNI = Int8Scheme(
     QuantType.QInt8,
     reduce_range=False,
     portable=False,
-    cpus="x86-64 CPUs with VNNI (and ARM64, or x86-64 without AVX2); on AVX2 or AVX-512 "
+    cpus="x86-64 CPUs with VNNI only, where it is a little faster: on AVX2 or AVX-512 "
     "without VNNI its 8-bit weights saturate and answers go wrong",
 )
 SCHEMES = {scheme.name: scheme for scheme in (PORTABLE, VNNI)}
