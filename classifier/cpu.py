@@ -114,9 +114,8 @@ def log_cpu_support(precision: str, verification: Mapping[str, Any]) -> None:
     if features.cpu_class not in verified:
         log.warning(
             "This int8 model was not verified on this CPU class (%s); its metadata "
-            "lists %s. Its answers may differ from float32's here: re-run "
-            "`python convert_model.py --quantize int8` where qemu-x86_64 is "
-            "installed, or serve the float32 model.",
+            "lists %s, so its answers here may differ from float32's. Convert it with "
+            "the portable scheme where qemu-x86_64 is installed, or serve the float32 model.",
             features.cpu_class,
             ", ".join(sorted(verified)) or "none",
         )

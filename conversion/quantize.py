@@ -97,8 +97,8 @@ VNNI = Int8Scheme(
     QuantType.QInt8,
     reduce_range=False,
     portable=False,
-    cpus="x86-64 CPUs with VNNI only, where it is a little faster: on AVX2 or AVX-512 "
-    "without VNNI its 8-bit weights saturate and answers go wrong",
+    cpus="x86-64 CPUs with VNNI only, where it is a little closer to float32: on AVX2 or "
+    "AVX-512 without VNNI its 8-bit weights saturate and answers go wrong",
 )
 SCHEMES = {scheme.name: scheme for scheme in (PORTABLE, VNNI)}
 
