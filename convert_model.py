@@ -21,11 +21,10 @@ from classifier.assets import DEFAULT_MODEL_PATH, EXAMPLE_PHOTOS, LABELS
 from classifier.metadata import Preprocessing
 from classifier.model import ModelError, load_metadata
 from conversion.artifacts import OutputError, check_writable, publish
-from conversion.emulation import EmulationError
 from conversion.export import DEFAULT_OPSET
 from conversion.keras_model import WeightsError, WeightsSource
 from conversion.metadata import int8_metadata, model_metadata
-from conversion.quantize import SCHEMES, CalibrationError, Int8Verification
+from conversion.quantize import SCHEMES, CalibrationError
 from conversion.verify import Tolerance
 
 DEFAULT_MIN_TOP1_AGREEMENT = 0.99
@@ -43,7 +42,6 @@ EXIT_CODES: dict[type[Exception], int] = {
     OutputError: 4,
     CalibrationError: 5,
     ModelError: 6,
-    EmulationError: 7,
 }
 
 
@@ -54,8 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "Exit codes: 0 written and verified; 1 verification failed (nothing "
             "written); 2 bad arguments; 3 weights unavailable or invalid; "
             "4 output folder not writable; 5 calibration photos unusable; "
-            "6 the float32 model to quantize is damaged; 7 qemu-x86_64 failed to "
-            "run the int8 model."
+            "6 the float32 model to quantize is damaged."
         ),
     )
     parser.add_argument(
@@ -218,8 +215,8 @@ def convert(args: argparse.Namespace) -> None:
 def quantize(args: argparse.Namespace) -> None:
     """Quantize the verified float32 model; nothing is written unless it agrees
     with float32 here and, for the portable scheme, as an AVX2 CPU too."""
-    from conversion.emulation import HASWELL, INSTALL_HINT, qemu_available
-    from conversion.quantize import Verifier, quantize_int8, split_photos
+    from conversion.emulation import HASWELL, INSTALL_HINT, EmulationError, qemu_available
+    from conversion.quantize import Int8Verification, Verifier, quantize_int8, split_photos
 
     float_metadata = load_metadata(args.output)
     scheme = SCHEMES[args.int8_scheme]
@@ -235,22 +232,27 @@ def quantize(args: argparse.Namespace) -> None:
     with step(f"Comparing int8 with float32 on {len(split.verification)} held-out photos"):
         native_check, native = verifier.on_this_machine(model_bytes)
         print(f"  {native_check.summary()}")
-    refuse_unless_passed(Int8Verification([native_check]))
     checks, note = [native_check], ""
-    if not scheme.portable:
-        note = f"not checked as other CPUs: the {scheme.name} scheme is for {scheme.cpus}"
-    elif not qemu_available():
-        note = (
-            f"not checked as an AVX2 CPU without VNNI: {HASWELL.command} is missing; {INSTALL_HINT}"
-        )
-    else:
+    if native_check.passed and scheme.portable and qemu_available():
         photos = min(args.emulated_photos, len(split.verification))
         with step(f"Comparing again as an AVX2 CPU ({HASWELL.command}, {photos} photos, slow)"):
-            emulated = verifier.emulated(model_bytes, native, photos, args.max_cpu_difference)
+            try:
+                emulated = verifier.emulated(model_bytes, native, photos, args.max_cpu_difference)
+            except EmulationError as error:
+                raise VerificationError(f"{error}; nothing was written.") from error
             print(f"  {emulated.summary()}")
         checks.append(emulated)
+    elif not scheme.portable:
+        note = f"not checked as other CPUs: the {scheme.name} scheme is for {scheme.cpus}"
+    elif not qemu_available():
+        note = f"not checked as an AVX2 CPU without VNNI: {HASWELL.command} is missing"
+        note += f"; {INSTALL_HINT}"
     verification = Int8Verification(checks, note)
-    refuse_unless_passed(verification)
+    if not verification.passed:
+        raise VerificationError(
+            f"The int8 model disagrees with float32 ({verification.summary()}); "
+            "nothing was written."
+        )
     if note:
         print(f"  NOTE {note}")
     with step(f"Writing {output}"):
@@ -259,14 +261,6 @@ def quantize(args: argparse.Namespace) -> None:
         labels = (args.output.parent / float_metadata.labels_file).read_bytes()
         publish(output, model_bytes, metadata, labels)
     print(f"Wrote {output} ({len(model_bytes) / 1e6:.1f} MB, sha256 {metadata.sha256[:12]}...)")
-
-
-def refuse_unless_passed(verification: Int8Verification) -> None:
-    if not verification.passed:
-        raise VerificationError(
-            f"The int8 model disagrees with float32 ({verification.summary()}); "
-            "nothing was written."
-        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,6 +84,14 @@ def linked(folder: Path, photos: list[Path]) -> Path:
     return folder
 
 
+def copy_float_model(quantized: Quantized, folder: Path) -> Path:
+    """The float32 model with its metadata and labels, in ``folder``, to quantize apart."""
+    folder.mkdir()
+    for name in ("inception_v3.onnx", "inception_v3.json", "imagenet_class_index.json"):
+        shutil.copy(quantized.float_model.parent / name, folder / name)
+    return folder / "inception_v3.onnx"
+
+
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory: pytest.TempPathFactory) -> Quantized:
     photos = imagenet_sample_photos()  # skips where the photos are absent
@@ -212,10 +220,7 @@ def test_disagreeing_int8_model_is_refused_and_nothing_is_kept(
     gray.mkdir()
     for level in (100, 120, 140, 160):
         Image.new("RGB", (64, 64), (level, level, level)).save(gray / f"gray{level}.png")
-    float_copy = tmp_path / "model" / "inception_v3.onnx"
-    float_copy.parent.mkdir()
-    for name in ("inception_v3.onnx", "inception_v3.json", "imagenet_class_index.json"):
-        shutil.copy(quantized.float_model.parent / name, float_copy.parent / name)
+    float_copy = copy_float_model(quantized, tmp_path / "model")
     before = sorted(p.name for p in float_copy.parent.iterdir())
 
     code, stdout = quantize(
@@ -230,6 +235,27 @@ def test_disagreeing_int8_model_is_refused_and_nothing_is_kept(
     assert "disagrees with float32" in capsys.readouterr().err
     assert "FAILED" in stdout
     assert sorted(p.name for p in float_copy.parent.iterdir()) == before
+
+
+def test_without_qemu_the_metadata_and_output_say_what_was_not_checked(
+    quantized: Quantized, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("conversion.emulation.qemu_available", lambda: False)
+    float_copy = copy_float_model(quantized, tmp_path / "model")
+
+    code, stdout = quantize(
+        float_copy,
+        "--calibration",
+        str(quantized.int8_model.parent / "calibration"),
+        "--verification",
+        str(quantized.int8_model.parent / "verification"),
+    )
+
+    assert code == 0, stdout
+    assert "NOTE not checked as an AVX2 CPU without VNNI" in stdout
+    metadata = ModelMetadata.from_json(float_copy.with_suffix(".int8.json").read_text())
+    assert "qemu-x86_64 -cpu Haswell is missing" in metadata.verification["note"]
+    assert [c["measured_on"] for c in metadata.verification["cpus"]] == ["this machine"]
 
 
 def test_calibration_folder_must_exist(quantized: Quantized, tmp_path: Path, capsys) -> None:
