@@ -34,10 +34,12 @@ from conversion.keras_model import (
     file_stem,
 )
 from conversion.metadata import int8_metadata, model_metadata
-from conversion.quantize import CalibrationError
+from conversion.quantize import SCHEMES, CalibrationError
 from conversion.verify import Tolerance
 
 DEFAULT_MIN_TOP1_AGREEMENT = 0.99
+DEFAULT_EMULATED_PHOTOS = 8
+DEFAULT_MAX_CPU_DIFFERENCE = 0.01
 
 
 class VerificationError(Exception):
@@ -177,7 +179,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_MIN_TOP1_AGREEMENT,
         metavar="SHARE",
         help="refuse an int8 model whose top-1 class agrees with float32's on a "
-        "smaller share of the verification photos (%(default)s)",
+        "smaller share of the verification photos, on any CPU checked (%(default)s)",
+    )
+    quantization.add_argument(
+        "--int8-scheme",
+        choices=sorted(SCHEMES),
+        default="portable",
+        help="; ".join(f"{name}: for {scheme.cpus}" for name, scheme in SCHEMES.items())
+        + " (%(default)s)",
+    )
+    quantization.add_argument(
+        "--emulated-photos",
+        type=int,
+        default=DEFAULT_EMULATED_PHOTOS,
+        metavar="N",
+        help="verification photos also run as an AVX2 CPU without VNNI under "
+        "qemu-x86_64 -cpu Haswell, when installed; ~10 s each (%(default)s)",
+    )
+    quantization.add_argument(
+        "--max-cpu-difference",
+        type=float,
+        default=DEFAULT_MAX_CPU_DIFFERENCE,
+        metavar="P",
+        help="refuse an int8 model whose probabilities as an AVX2 CPU differ from "
+        "this machine's by more than P (%(default)s)",
     )
     args = parser.parse_args(argv)
     if is_keras_file(args.model):
@@ -189,6 +214,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.output = DEFAULT_MODEL_PATH.parent / f"{stem}.onnx"
     if args.output.suffix != ".onnx":
         parser.error(f"--output must end in .onnx, got {args.output}")
+    if args.emulated_photos < 1:
+        parser.error("--emulated-photos must be at least 1")
     if args.quantize and args.calibration is None:
         parser.error("--quantize int8 needs --calibration DIR, a folder of real photos")
     if not args.labels.is_file():
@@ -301,27 +328,53 @@ def shipped_labels_name(labels: Path, output: Path) -> str:
 
 
 def quantize(args: argparse.Namespace) -> None:
-    """Quantize the verified float32 model; nothing is written unless it agrees."""
-    from conversion.quantize import check_agreement, quantize_int8, split_photos
+    """Quantize the verified float32 model; nothing is written unless it agrees
+    with float32 here and, for the portable scheme, as an AVX2 CPU too."""
+    from conversion.emulation import HASWELL, INSTALL_HINT, EmulationError, qemu_available
+    from conversion.quantize import Int8Verification, Verifier, quantize_int8, split_photos
 
     float_metadata = load_metadata(args.output)
+    scheme = SCHEMES[args.int8_scheme]
     print(f"Quantizing {args.output} (weights: {float_metadata.weights_source})")
     spec = float_metadata.preprocessing
     split = split_photos(args.calibration, args.verification)
     output = args.output.with_suffix(".int8.onnx")
-    with step(f"Calibrating on {len(split.calibration)} photos and quantizing to int8"):
-        model_bytes = quantize_int8(args.output, split.calibration, spec, float_metadata.input.name)
+    with step(f"Calibrating on {len(split.calibration)} photos, quantizing ({scheme.name})"):
+        model_bytes = quantize_int8(
+            args.output, split.calibration, spec, float_metadata.input.name, scheme
+        )
+    verifier = Verifier(
+        args.output, split.verification, spec, args.min_top1_agreement, float_metadata.scores
+    )
     with step(f"Comparing int8 with float32 on {len(split.verification)} held-out photos"):
-        report = check_agreement(
-            args.output, model_bytes, split.verification, spec, args.min_top1_agreement
-        )
-        print(f"  {report.summary()}")
-    if not report.passed:
+        native_check, native = verifier.on_this_machine(model_bytes)
+        print(f"  {native_check.summary()}")
+    checks, note = [native_check], ""
+    if native_check.passed and scheme.portable and qemu_available():
+        photos = min(args.emulated_photos, len(split.verification))
+        with step(f"Comparing again as an AVX2 CPU ({HASWELL.command}, {photos} photos, slow)"):
+            try:
+                emulated = verifier.emulated(model_bytes, native, photos, args.max_cpu_difference)
+            except EmulationError as error:
+                raise VerificationError(f"{error}; nothing was written.") from error
+            print(f"  {emulated.summary()}")
+        checks.append(emulated)
+    elif not scheme.portable:
+        note = f"not checked as other CPUs: the {scheme.name} scheme is for {scheme.cpus}"
+    elif not qemu_available():
+        note = f"not checked as an AVX2 CPU without VNNI: {HASWELL.command} is missing"
+        note += f"; {INSTALL_HINT}"
+    verification = Int8Verification(checks, note)
+    if not verification.passed:
         raise VerificationError(
-            f"The int8 model disagrees with float32 ({report.summary()}); nothing was written."
+            f"The int8 model disagrees with float32 ({verification.summary()}); "
+            "nothing was written."
         )
+    if note:
+        print(f"  NOTE {note}")
     with step(f"Writing {output}"):
-        metadata = int8_metadata(float_metadata, output, model_bytes, split.describe(), report)
+        calibration = {**scheme.describe(), **split.describe()}
+        metadata = int8_metadata(float_metadata, output, model_bytes, calibration, verification)
         labels = (args.output.parent / float_metadata.labels_file).read_bytes()
         publish(output, model_bytes, metadata, labels)
     print(f"Wrote {output} ({len(model_bytes) / 1e6:.1f} MB, sha256 {metadata.sha256[:12]}...)")

@@ -5,6 +5,13 @@ so a shared machine's drift falls on all of them alike. Keras is timed two
 ways: ``model.predict`` (what the original Keras app called) and a compiled
 ``tf.function`` (Keras at its fastest). The floor is InceptionV3's 5.71 G
 multiply-adds at this machine's float32 matmul rate, measured here too.
+
+With ``--int8-variants DIR`` it studies instead how to quantize the first
+``--model`` (float32): each int8 variant, calibrated on half of DIR's photos,
+is compared with float32 on the other half here and under ``qemu-x86_64``
+as an AVX2 CPU (``-cpu Haswell``) and an SSE4.2 one (``-cpu Nehalem``), and
+timed here against float32, taking turns. Emulated runs are slow and their
+timings mean nothing, so only a few photos run there and no time is shown.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,7 +37,11 @@ from common import (
     options,
     report,
 )
+from onnxruntime.quantization import QuantType
 from PIL import Image
+
+from conversion.emulation import HASWELL, NEHALEM, EmulatedCpu
+from conversion.quantize import PORTABLE, VNNI
 
 MULTIPLY_ADDS = 5.71e9
 """InceptionV3's multiply-adds for one 299 x 299 image."""
@@ -37,6 +49,15 @@ TYPICAL_SIZE = (500, 375)
 LARGE_SIZE = (6000, 4000)
 BATCH = 8
 TOP_K = 5
+STUDIED_SCHEMES = (
+    PORTABLE,
+    VNNI,
+    replace(VNNI, name="u8u8", weights=QuantType.QUInt8, portable=True, cpus="every CPU"),
+    replace(VNNI, name="s8s8", activations=QuantType.QInt8),
+    replace(PORTABLE, name="portable-per-tensor", per_channel=False),
+    replace(PORTABLE, name="portable-conv-only", operators=("Conv",)),
+)
+"""The converter's two schemes, and the other ways onnxruntime offers."""
 
 
 def matmul_flops(n: int = 4096, repeats: int = 3) -> float:
@@ -196,11 +217,101 @@ def photo_path(
     ]
 
 
+def int8_variants(
+    float_model: Path, photos: Path, repeats: int, emulated: dict[EmulatedCpu, int]
+) -> list[dict[str, Any]]:
+    """Each studied int8 variant: agreement here and emulated, size, latency ratio."""
+    import onnxruntime as ort
+
+    from classifier.model import SessionSettings, load_metadata
+    from conversion.quantize import Verifier, quantize_int8, split_photos
+
+    metadata = load_metadata(float_model)
+    split = split_photos(photos)
+    verifier = Verifier(float_model, split.verification, metadata.preprocessing, 0.99)
+    rows: list[dict[str, Any]] = []
+    paths = {"float32": float_model}
+    with tempfile.TemporaryDirectory(prefix="int8-variants-") as folder:
+        for scheme in STUDIED_SCHEMES:
+            path = paths[scheme.name] = Path(folder) / f"{scheme.name}.onnx"
+            path.write_bytes(
+                quantize_int8(
+                    float_model,
+                    split.calibration,
+                    metadata.preprocessing,
+                    metadata.input.name,
+                    scheme,
+                )
+            )
+            here, native = verifier.on_this_machine(path)
+            row = {
+                "variant": scheme.name,
+                "weights": scheme.describe()["weights"],
+                "MB": path.stat().st_size / 1e6,
+                "top-1 here": _agreement(here.agreement),
+                "max diff here": here.agreement.max_abs_probability_diff,
+            }
+            for cpu, count in emulated.items():
+                check = verifier.emulated(path, native, count, 0.01, cpu)
+                row[f"top-1 {cpu.qemu_cpu}"] = _agreement(check.agreement)
+                row[f"{cpu.qemu_cpu} vs here"] = check.cpu_difference
+            rows.append(row)
+            print(f"measured {scheme.name}", flush=True)
+        settings = SessionSettings()
+        sessions = {
+            name: ort.InferenceSession(
+                str(path), settings.session_options(), providers=["CPUExecutionProvider"]
+            )
+            for name, path in paths.items()
+        }
+        batch = verifier.inputs[:1]
+        times = interleaved(
+            {
+                name: partial(session.run, None, {metadata.input.name: batch})
+                for name, session in sessions.items()
+            },
+            repeats,
+        )
+    float_ms = statistics.median(times["float32"]) * 1e3
+    for row in rows:
+        row["ms here"] = statistics.median(times[row["variant"]]) * 1e3
+        row["x float32"] = row["ms here"] / float_ms
+    float_row = {"variant": "float32", "MB": float_model.stat().st_size / 1e6, "ms here": float_ms}
+    return [*rows, float_row]
+
+
+def _agreement(report: Any) -> str:
+    return f"{round(report.top1_agreement * report.samples)}/{report.samples}"
+
+
 def main() -> None:
     arguments = options(__doc__.splitlines()[0])
     arguments.add_argument("--repeats", type=int, default=20, help="timed runs of each call")
+    arguments.add_argument(
+        "--int8-variants",
+        type=Path,
+        metavar="DIR",
+        help="instead, study the int8 variants of the first --model, calibrated and "
+        "checked on DIR's photos",
+    )
+    arguments.add_argument(
+        "--haswell-photos", type=int, default=4, help="photos run as an AVX2 CPU (qemu)"
+    )
+    arguments.add_argument(
+        "--nehalem-photos", type=int, default=2, help="photos run as an SSE4.2 CPU (qemu)"
+    )
     args = arguments.parse_args()
     paths = models(args)
+    if args.int8_variants:
+        emulated = {HASWELL: args.haswell_photos, NEHALEM: args.nehalem_photos}
+        rows = int8_variants(paths[0], args.int8_variants, args.repeats, emulated)
+        title = (
+            f"int8 variants of {paths[0].name}: top-1 agreement with float32 and max "
+            "|probability diff|, here and emulated (qemu; emulated times mean nothing, "
+            f"none shown); one image, medians of {args.repeats} interleaved runs here"
+        )
+        report(args, "int8-variants", {title: rows})
+        return
 
     from classifier.model import Classifier
 

@@ -23,6 +23,7 @@ from classifier import metrics
 from classifier.admission import MemoryBudget
 from classifier.assets import DEFAULT_MODEL_PATH
 from classifier.batching import Batcher
+from classifier.cpu import log_cpu_support
 from classifier.labels import Label, LabelsError, read_labels
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.preprocess import (
@@ -243,6 +244,7 @@ class Classifier:
             self.metadata.precision,
             self.metadata.weights_source,
         )
+        log_cpu_support(self.metadata.precision, self.metadata.verification)
 
     @classmethod
     def from_env(cls, warm: bool = True) -> Classifier:

@@ -11,7 +11,7 @@ from classifier.metadata import ModelMetadata, Preprocessing, TensorSpec
 from conversion.artifacts import sha256_of_bytes
 from conversion.export import INPUT_NAME
 from conversion.keras_model import Interface, WeightsSource
-from conversion.quantize import AgreementReport
+from conversion.quantize import Int8Verification
 from conversion.verify import ParityReport
 
 TOOLCHAIN = ("tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "pillow")
@@ -58,9 +58,10 @@ def int8_metadata(
     model_path: Path,
     model_bytes: bytes,
     calibration: dict[str, Any],
-    report: AgreementReport,
+    verification: Int8Verification,
 ) -> ModelMetadata:
-    """The float32 model's metadata, restated for its int8 quantization."""
+    """The float32 model's metadata, restated for its int8 quantization, with its
+    agreement per CPU class and the instruction sets each was measured with."""
     return replace(
         float_metadata,
         model_file=model_path.name,
@@ -68,6 +69,6 @@ def int8_metadata(
         size_bytes=len(model_bytes),
         precision="int8",
         versions=toolchain_versions(),
-        verification={"against": "float32 ONNX", **asdict(report)},
+        verification=verification.describe(),
         calibration=calibration,
     )

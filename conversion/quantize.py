@@ -1,10 +1,17 @@
 """Static int8 quantization of the float32 ONNX model, with its agreement proven.
 
 onnxruntime's static quantization in QDQ form, per-channel int8 weights and
-uint8 activations (the pair x86's VNNI instructions multiply fastest), after
-``quant_pre_process``. Activation ranges are calibrated on real photos run
-through the app's own preprocessing; the result is then compared with the
-float32 model on photos that calibration never saw.
+uint8 activations, after ``quant_pre_process``. Activation ranges are
+calibrated on real photos run through the app's own preprocessing; the
+result is then compared with the float32 model on photos that calibration
+never saw, on this CPU and, under ``qemu-x86_64``, as an AVX2 CPU.
+
+Why 7-bit weights by default (``reduce_range``): on x86 CPUs with AVX2 or
+AVX-512 but without VNNI, ONNX Runtime multiplies uint8 by int8 with
+``vpmaddubsw``, which sums pairs of products into 16 bits and saturates
+when 8-bit weights meet large activations; 7-bit weights keep every pair
+sum within range, so the model answers alike on every CPU. Full 8-bit
+weights (``--int8-scheme vnni``) are kept for CPUs with VNNI.
 
 The classifier head (the dense layer and softmax) stays float32: quantized,
 its output would hold 256 levels, so near classes would tie and swap ranks,
@@ -17,7 +24,7 @@ import hashlib
 import logging
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +40,68 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from classifier.cpu import CpuFeatures
 from classifier.metadata import Preprocessing
+from classifier.model import softmax
 from classifier.preprocess import ImageError, preprocess
+from conversion.emulation import HASWELL, EmulatedCpu, emulated_probabilities
 
 log = logging.getLogger(__name__)
 
-SCHEME = {
-    "format": "QDQ",
-    "weights": "int8, per channel",
-    "activations": "uint8",
-    "calibration_method": "MinMax",
-    "float32": "classifier head (dense layer and softmax)",
-}
 HEAD_OPERATORS = {"Softmax", "MatMul", "Gemm", "Add", "Squeeze", "Reshape", "Flatten"}
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """One way to quantize, and the CPUs whose answers it is meant to hold on."""
+
+    name: str
+    activations: QuantType
+    weights: QuantType
+    reduce_range: bool
+    """7-bit weights: no pair of uint8 x int8 products can overflow 16 bits."""
+    portable: bool
+    """Meant for every CPU, so the converter checks it as an AVX2 CPU too."""
+    cpus: str
+    per_channel: bool = True
+    operators: tuple[str, ...] = ()
+    """Operator types to quantize; empty: every one onnxruntime can."""
+
+    def describe(self) -> dict[str, Any]:
+        bits = 7 if self.reduce_range else 8
+        return {
+            "scheme": self.name,
+            "format": "QDQ",
+            "weights": f"{self.weights.name}, {bits}-bit, "
+            + ("per channel" if self.per_channel else "per tensor"),
+            "activations": self.activations.name,
+            "operators": ", ".join(self.operators) or "all that onnxruntime quantizes",
+            "calibration_method": "MinMax",
+            "float32": "classifier head (dense layer and softmax)",
+            "for_cpus": self.cpus,
+        }
+
+
+PORTABLE = Int8Scheme(
+    "portable",
+    QuantType.QUInt8,
+    QuantType.QInt8,
+    reduce_range=True,
+    portable=True,
+    cpus="every x86-64 CPU: 7-bit weights cannot saturate onnxruntime's AVX2 and AVX-512 kernels",
+)
+VNNI = Int8Scheme(
+    "vnni",
+    QuantType.QUInt8,
+    QuantType.QInt8,
+    reduce_range=False,
+    portable=False,
+    cpus="x86-64 CPUs with VNNI only, where it is a little closer to float32: on AVX2 or "
+    "AVX-512 without VNNI its 8-bit weights saturate and answers go wrong",
+)
+SCHEMES = {scheme.name: scheme for scheme in (PORTABLE, VNNI)}
 
 
 class CalibrationError(Exception):
@@ -62,12 +116,11 @@ class PhotoSplit:
     verification: list[Path]
 
     def describe(self) -> dict[str, Any]:
-        """The scheme, and the calibration set's size and checksum, for the metadata."""
+        """The calibration set's size and checksum, for the metadata."""
         digest = hashlib.sha256()
         for photo in self.calibration:
             digest.update(photo.name.encode() + b"\0" + photo.read_bytes())
         return {
-            **SCHEME,
             "photos": len(self.calibration),
             "sha256": digest.hexdigest(),
             "verification_photos": len(self.verification),
@@ -130,9 +183,13 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_int8(
-    float_model: Path, photos: Sequence[Path], spec: Preprocessing, input_name: str
+    float_model: Path,
+    photos: Sequence[Path],
+    spec: Preprocessing,
+    input_name: str,
+    scheme: Int8Scheme = PORTABLE,
 ) -> bytes:
-    """The float32 model at ``float_model``, statically quantized to int8."""
+    """The float32 model at ``float_model``, statically quantized by ``scheme``."""
     with tempfile.TemporaryDirectory() as work:
         prepared = Path(work) / "prepared.onnx"
         quantized = Path(work) / "int8.onnx"
@@ -142,9 +199,11 @@ def quantize_int8(
             quantized,
             PhotoReader(photos, spec, input_name),
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(scheme.operators) or None,
+            per_channel=scheme.per_channel,
+            reduce_range=scheme.reduce_range,
+            activation_type=scheme.activations,
+            weight_type=scheme.weights,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=head_nodes(onnx.load(prepared, load_external_data=False)),
         )
@@ -153,6 +212,8 @@ def quantize_int8(
 
 @dataclass(frozen=True)
 class AgreementReport:
+    """How one CPU's int8 answers compare with float32's on the same photos."""
+
     samples: int
     top1_agreement: float
     top5_overlap: float
@@ -170,6 +231,25 @@ class AgreementReport:
         )
 
 
+def compare(expected: np.ndarray, actual: np.ndarray, min_top1_agreement: float) -> AgreementReport:
+    """Compare int8 probabilities ``actual`` with float32's ``expected``, row by row."""
+    k = min(TOP_K, expected.shape[1])  # a user's model may have fewer classes
+    expected_top = np.argsort(expected, axis=1)[:, ::-1][:, :k]
+    actual_top = np.argsort(actual, axis=1)[:, ::-1][:, :k]
+    top1 = float(np.mean(expected_top[:, 0] == actual_top[:, 0]))
+    overlap = float(
+        np.mean([len(set(e) & set(a)) / k for e, a in zip(expected_top, actual_top, strict=True)])
+    )
+    return AgreementReport(
+        samples=len(expected),
+        top1_agreement=top1,
+        top5_overlap=overlap,
+        max_abs_probability_diff=float(np.max(np.abs(expected - actual))),
+        min_top1_agreement=min_top1_agreement,
+        passed=top1 >= min_top1_agreement,
+    )
+
+
 def probabilities(model: Path | bytes, inputs: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(
         model if isinstance(model, bytes) else str(model), providers=["CPUExecutionProvider"]
@@ -178,30 +258,121 @@ def probabilities(model: Path | bytes, inputs: np.ndarray) -> np.ndarray:
     return np.concatenate([session.run(None, {name: row[None]})[0] for row in inputs])
 
 
-def check_agreement(
-    float_model: Path,
-    int8_model: bytes,
-    photos: Sequence[Path],
-    spec: Preprocessing,
-    min_top1_agreement: float,
-) -> AgreementReport:
-    """Compare the int8 model's answers with the float32 model's on ``photos``."""
-    inputs = np.concatenate(list(model_inputs(photos, spec)))
-    expected = probabilities(float_model, inputs)
-    actual = probabilities(int8_model, inputs)
-    expected_top = np.argsort(expected, axis=1)[:, ::-1][:, :TOP_K]
-    actual_top = np.argsort(actual, axis=1)[:, ::-1][:, :TOP_K]
-    top1 = float(np.mean(expected_top[:, 0] == actual_top[:, 0]))
-    overlap = float(
-        np.mean(
-            [len(set(e) & set(a)) / TOP_K for e, a in zip(expected_top, actual_top, strict=True)]
+@dataclass(frozen=True)
+class CpuCheck:
+    """The agreement measured on one CPU class, and how that CPU was had."""
+
+    cpu_class: str
+    measured_on: str
+    instruction_sets: list[str]
+    agreement: AgreementReport
+    cpu_difference: float | None = None
+    """Largest probability difference from this machine's int8 answers (emulated only)."""
+    max_cpu_difference: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.agreement.passed and (
+            self.cpu_difference is None or self.cpu_difference <= self.max_cpu_difference
         )
-    )
-    return AgreementReport(
-        samples=len(inputs),
-        top1_agreement=top1,
-        top5_overlap=overlap,
-        max_abs_probability_diff=float(np.max(np.abs(expected - actual))),
-        min_top1_agreement=min_top1_agreement,
-        passed=top1 >= min_top1_agreement,
-    )
+
+    def summary(self) -> str:
+        text = f"{self.cpu_class}, {self.measured_on}: {self.agreement.summary()}"
+        if self.cpu_difference is not None:
+            verdict = "within" if self.cpu_difference <= self.max_cpu_difference else "BEYOND"
+            text += (
+                f"; max |probability diff| from this machine's int8 {self.cpu_difference:.3g} "
+                f"({verdict} {self.max_cpu_difference:g})"
+            )
+        return text
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "cpu_class": self.cpu_class,
+            "measured_on": self.measured_on,
+            "instruction_sets": self.instruction_sets,
+            **asdict(self.agreement),
+            "cpu_difference": self.cpu_difference,
+            "max_cpu_difference": self.max_cpu_difference,
+            "passed": self.passed,
+        }
+
+
+@dataclass(frozen=True)
+class Int8Verification:
+    """The int8 model's agreement with float32 on every CPU class it was checked on."""
+
+    checks: list[CpuCheck]
+    note: str = ""
+    """Why a CPU class that should have been checked was not."""
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    def summary(self) -> str:
+        return "; ".join([check.summary() for check in self.checks] + [self.note] * bool(self.note))
+
+    def describe(self) -> dict[str, Any]:
+        """For the metadata: this machine's figures on top (as before), every CPU's below."""
+        return {
+            "against": "float32 ONNX",
+            **asdict(self.checks[0].agreement),
+            "passed": self.passed,
+            "cpus": [check.describe() for check in self.checks],
+            **({"note": self.note} if self.note else {}),
+        }
+
+
+class Verifier:
+    """Checks an int8 model against float32 on held-out photos, on several CPUs.
+
+    The float32 answers are computed once, on this machine: float32 kernels
+    do not saturate, and emulating them would cost minutes.
+    """
+
+    def __init__(
+        self,
+        float_model: Path,
+        photos: Sequence[Path],
+        spec: Preprocessing,
+        min_top1_agreement: float,
+        scores: str = "probabilities",
+    ) -> None:
+        self.inputs = np.concatenate(list(model_inputs(photos, spec)))
+        # A model that outputs logits is compared on the probabilities it serves.
+        self._normalize = softmax if scores == "logits" else np.asarray
+        self.expected = self._normalize(probabilities(float_model, self.inputs))
+        self.min_top1_agreement = min_top1_agreement
+
+    def on_this_machine(self, int8_model: Path | bytes) -> tuple[CpuCheck, np.ndarray]:
+        """The check here, and the int8 answers it was made on."""
+        actual = self._normalize(probabilities(int8_model, self.inputs))
+        features = CpuFeatures.detect()
+        check = CpuCheck(
+            features.cpu_class,
+            "this machine",
+            features.instruction_sets,
+            compare(self.expected, actual, self.min_top1_agreement),
+        )
+        return check, actual
+
+    def emulated(
+        self,
+        int8_model: Path | bytes,
+        native: np.ndarray,
+        photos: int,
+        max_cpu_difference: float,
+        cpu: EmulatedCpu = HASWELL,
+    ) -> CpuCheck:
+        """The check as ``cpu`` under qemu, on the first ``photos`` held-out photos;
+        its answers must also stay within ``max_cpu_difference`` of ``native``."""
+        actual = self._normalize(emulated_probabilities(int8_model, self.inputs[:photos], cpu))
+        return CpuCheck(
+            cpu.features.cpu_class,
+            cpu.command,
+            cpu.features.instruction_sets,
+            compare(self.expected[:photos], actual, self.min_top1_agreement),
+            cpu_difference=float(np.max(np.abs(actual - native[:photos]))),
+            max_cpu_difference=max_cpu_difference,
+        )

@@ -1,16 +1,26 @@
-"""The int8 model: calibrated on real photos, checked against float32 on others.
+"""The int8 model: calibrated on real photos, checked against float32 on others,
+on this CPU and as an AVX2 CPU without VNNI (``qemu-x86_64 -cpu Haswell``).
 
 Random weights give near-uniform outputs, where top-1 agreement means
 nothing, so these tests quantize a confident test model: seeded random
 weights with the dense layer scaled until the top class holds most of the
-probability (``conversion.synthetic``). The converter's own bar, 99% top-1
-agreement on the held-out photos, applies to it unchanged.
+probability (``conversion.synthetic``). The converter's own bars, 99% top-1
+agreement and 0.01 between CPUs, apply to it unchanged.
+
+The held-out photos verified on are those float32 is decided about: its
+two best classes at least ``DECIDED_MARGIN`` apart. The int8 model moves
+each class's probability by up to about 0.1 (0.12 at most here), so a photo
+closer to a tie than twice that is decided by rounding, which differs from
+CPU to CPU: with every photo kept, the gate read 50 of 50 on one VNNI machine
+and 49 of 50 on another. The random features of this model leave 8 of the 50
+held-out photos that close; a trained model leaves fewer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +31,29 @@ import pytest
 from conftest import CAT_PHOTO, IMAGENET_SAMPLE, imagenet_sample_photos, run_converter
 from PIL import Image
 
-from classifier.metadata import ModelMetadata, sha256_of
+from classifier import cpu
+from classifier.cpu import CpuFeatures
+from classifier.metadata import ModelMetadata, Preprocessing, sha256_of
 from classifier.model import Classifier
+from conversion.emulation import HASWELL, NEHALEM, qemu_available
+from conversion.quantize import VNNI, Verifier, model_inputs, probabilities, quantize_int8
 from conversion.synthetic import write_confident_weights
+
+DECIDED_MARGIN = 0.2
+EMULATED_PHOTOS = 4
+"""Saturation moves most photos' probabilities by 0.1 or more: a few photos catch it."""
+
+needs_qemu = pytest.mark.skipif(
+    not qemu_available(), reason="qemu-x86_64 is not installed (apt-get install qemu-user)"
+)
 
 
 @dataclass(frozen=True)
 class Quantized:
     float_model: Path
     int8_model: Path
+    calibration: list[Path]
+    verification: list[Path]
     stdout: str
 
 
@@ -40,18 +64,57 @@ def quantize(float_model: Path, *args: str) -> tuple[int, str]:
     return code, stdout.getvalue()
 
 
+def decided(float_model: Path, photos: list[Path]) -> list[Path]:
+    """The photos whose two best float32 classes are at least DECIDED_MARGIN apart."""
+    outputs = probabilities(
+        float_model, np.concatenate(list(model_inputs(photos, Preprocessing())))
+    )
+    best = np.sort(outputs, axis=1)
+    return [
+        photo
+        for photo, row in zip(photos, best, strict=True)
+        if row[-1] - row[-2] >= DECIDED_MARGIN
+    ]
+
+
+def linked(folder: Path, photos: list[Path]) -> Path:
+    folder.mkdir()
+    for photo in photos:
+        (folder / photo.name).symlink_to(photo)
+    return folder
+
+
+def copy_float_model(quantized: Quantized, folder: Path) -> Path:
+    """The float32 model with its metadata and labels, in ``folder``, to quantize apart."""
+    folder.mkdir()
+    for name in ("inception_v3.onnx", "inception_v3.json", "imagenet_class_index.json"):
+        shutil.copy(quantized.float_model.parent / name, folder / name)
+    return folder / "inception_v3.onnx"
+
+
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory: pytest.TempPathFactory) -> Quantized:
-    imagenet_sample_photos()  # skips where the photos are absent
+    photos = imagenet_sample_photos()  # skips where the photos are absent
     folder = tmp_path_factory.mktemp("confident")
     weights = folder / "confident.weights.h5"
     write_confident_weights(weights)
     float_model = folder / "inception_v3.onnx"
     with contextlib.redirect_stdout(io.StringIO()):
         assert run_converter("--weights", str(weights), "--output", str(float_model)) == 0
-    code, stdout = quantize(float_model, "--calibration", str(IMAGENET_SAMPLE))
+    calibration, verification = photos[0::2], decided(float_model, photos[1::2])
+    code, stdout = quantize(
+        float_model,
+        "--calibration",
+        str(linked(folder / "calibration", calibration)),
+        "--verification",
+        str(linked(folder / "verification", verification)),
+        "--emulated-photos",
+        str(EMULATED_PHOTOS),
+    )
     assert code == 0, stdout
-    return Quantized(float_model, folder / "inception_v3.int8.onnx", stdout)
+    return Quantized(
+        float_model, folder / "inception_v3.int8.onnx", calibration, verification, stdout
+    )
 
 
 def test_int8_model_is_written_with_its_metadata(quantized: Quantized) -> None:
@@ -63,14 +126,65 @@ def test_int8_model_is_written_with_its_metadata(quantized: Quantized) -> None:
     assert metadata.preprocessing == float_metadata.preprocessing
     assert metadata.input == float_metadata.input
     assert metadata.calibration["photos"] == 50
-    assert metadata.calibration["verification_photos"] == 50
+    assert metadata.calibration["scheme"] == "portable"
+    assert metadata.calibration["weights"] == "QInt8, 7-bit, per channel"
     assert len(metadata.calibration["sha256"]) == 64
+    assert len(quantized.verification) >= 40  # the decided photos are most of them
+    assert metadata.calibration["verification_photos"] == len(quantized.verification)
     verification = metadata.verification
     assert verification["against"] == "float32 ONNX"
-    assert verification["samples"] == 50
+    assert verification["samples"] == len(quantized.verification)
     assert verification["top1_agreement"] >= 0.99
     assert 0.0 < verification["top5_overlap"] <= 1.0
+    here = verification["cpus"][0]
+    assert here["measured_on"] == "this machine"
+    assert here["cpu_class"] == CpuFeatures.detect().cpu_class
+    assert here["instruction_sets"] == CpuFeatures.detect().instruction_sets
+    assert here["passed"] is True
     assert "held-out photos: top-1 agreement" in quantized.stdout
+
+
+@needs_qemu
+def test_int8_model_agrees_with_float32_as_an_avx2_cpu(quantized: Quantized) -> None:
+    """The converter ran it under qemu as a Haswell; where the 8-bit model's
+    probabilities moved by 0.12, these must match this machine's within 0.01
+    (7-bit weights leave only float rounding: ~1e-7)."""
+    metadata = ModelMetadata.from_json(quantized.int8_model.with_suffix(".json").read_text())
+    assert "note" not in metadata.verification
+    emulated = metadata.verification["cpus"][1]
+    assert emulated["cpu_class"] == cpu.X86_AVX2
+    assert emulated["measured_on"] == "qemu-x86_64 -cpu Haswell"
+    assert "avx2" in emulated["instruction_sets"]
+    assert "avx512_vnni" not in emulated["instruction_sets"]
+    assert emulated["samples"] == EMULATED_PHOTOS
+    assert emulated["top1_agreement"] >= 0.99
+    assert emulated["cpu_difference"] <= 0.01
+    assert emulated["passed"] is True
+    assert "qemu-x86_64 -cpu Haswell" in quantized.stdout
+
+
+@needs_qemu
+def test_the_emulated_check_refuses_the_old_8_bit_model(quantized: Quantized) -> None:
+    """uint8 x int8 with 8-bit weights, as before: VNNI computes it exactly,
+    but an AVX2 CPU without VNNI saturates, and the check must say so."""
+    spec = Preprocessing()
+    old = quantize_int8(quantized.float_model, quantized.calibration, spec, "images", VNNI)
+    verifier = Verifier(quantized.float_model, quantized.verification[:EMULATED_PHOTOS], spec, 0.99)
+    _, native = verifier.on_this_machine(old)
+    check = verifier.emulated(old, native, EMULATED_PHOTOS, max_cpu_difference=0.01)
+    assert check.cpu_difference > 0.05
+    assert not check.passed
+    assert "BEYOND 0.01" in check.summary()
+
+
+@needs_qemu
+def test_sse_only_cpus_answer_alike_too(quantized: Quantized) -> None:
+    """ONNX Runtime's SSE4.1 kernels widen to 16 bits before multiplying: no saturation."""
+    verifier = Verifier(quantized.float_model, quantized.verification[:2], Preprocessing(), 0.99)
+    _, native = verifier.on_this_machine(quantized.int8_model)
+    check = verifier.emulated(quantized.int8_model, native, 2, 0.01, NEHALEM)
+    assert check.cpu_class == cpu.X86_SSE
+    assert check.passed, check.summary()
 
 
 def test_int8_model_is_about_three_times_smaller(quantized: Quantized) -> None:
@@ -106,10 +220,7 @@ def test_disagreeing_int8_model_is_refused_and_nothing_is_kept(
     gray.mkdir()
     for level in (100, 120, 140, 160):
         Image.new("RGB", (64, 64), (level, level, level)).save(gray / f"gray{level}.png")
-    float_copy = tmp_path / "model" / "inception_v3.onnx"
-    float_copy.parent.mkdir()
-    for name in ("inception_v3.onnx", "inception_v3.json", "imagenet_class_index.json"):
-        shutil.copy(quantized.float_model.parent / name, float_copy.parent / name)
+    float_copy = copy_float_model(quantized, tmp_path / "model")
     before = sorted(p.name for p in float_copy.parent.iterdir())
 
     code, stdout = quantize(
@@ -126,7 +237,66 @@ def test_disagreeing_int8_model_is_refused_and_nothing_is_kept(
     assert sorted(p.name for p in float_copy.parent.iterdir()) == before
 
 
+def test_without_qemu_the_metadata_and_output_say_what_was_not_checked(
+    quantized: Quantized, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("conversion.emulation.qemu_available", lambda: False)
+    float_copy = copy_float_model(quantized, tmp_path / "model")
+
+    code, stdout = quantize(
+        float_copy,
+        "--calibration",
+        str(quantized.int8_model.parent / "calibration"),
+        "--verification",
+        str(quantized.int8_model.parent / "verification"),
+    )
+
+    assert code == 0, stdout
+    assert "NOTE not checked as an AVX2 CPU without VNNI" in stdout
+    metadata = ModelMetadata.from_json(float_copy.with_suffix(".int8.json").read_text())
+    assert "qemu-x86_64 -cpu Haswell is missing" in metadata.verification["note"]
+    assert [c["measured_on"] for c in metadata.verification["cpus"]] == ["this machine"]
+
+
 def test_calibration_folder_must_exist(quantized: Quantized, tmp_path: Path, capsys) -> None:
     code, _ = quantize(quantized.float_model, "--calibration", str(tmp_path / "nowhere"))
     assert code == 5
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "expected"),
+    [
+        ("x86_64", HASWELL.instruction_sets, cpu.X86_AVX2),
+        ("x86_64", NEHALEM.instruction_sets, cpu.X86_SSE),
+        ("x86_64", ("avx2", "avx512f", "avx512bw"), cpu.X86_AVX512),
+        ("x86_64", ("avx2", "avx512f", "avx512bw", "avx512_vnni"), cpu.X86_VNNI),
+        ("x86_64", ("avx2", "avx_vnni"), cpu.X86_VNNI),
+        ("aarch64", ("asimd", "asimddp"), cpu.ARM64),
+    ],
+)
+def test_cpu_class_follows_the_int8_kernels(machine: str, flags: tuple, expected: str) -> None:
+    assert CpuFeatures.of(machine, flags).cpu_class == expected
+
+
+def test_cpu_features_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma\n")
+    features = CpuFeatures.detect(cpuinfo)
+    assert features.flags == {"fpu", "sse4_2", "avx", "avx2", "fma"}
+    assert features.instruction_sets == ["sse4_2", "avx", "avx2", "fma"]
+
+
+def test_serving_int8_on_an_unverified_cpu_class_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(CpuFeatures, "detect", lambda: CpuFeatures.of("x86_64", {"avx2"}))
+    verification = {"cpus": [{"cpu_class": cpu.X86_VNNI, "passed": True}]}
+    with caplog.at_level(logging.INFO, logger="classifier.cpu"):
+        cpu.log_cpu_support("float32", verification)
+        assert "not verified" not in caplog.text
+        cpu.log_cpu_support("int8", {"cpus": [{"cpu_class": cpu.X86_AVX2, "passed": True}]})
+        assert "not verified" not in caplog.text
+        cpu.log_cpu_support("int8", verification)
+    assert f"CPU: {cpu.X86_AVX2}" in caplog.text
+    assert f"not verified on this CPU class ({cpu.X86_AVX2})" in caplog.text

@@ -309,6 +309,9 @@ def test_int8_quantization_keeps_the_model_s_name_labels_and_answers(
     metadata = ModelMetadata.from_json(metadata_path_for(int8_model).read_text())
     assert (metadata.precision, metadata.name, metadata.scores) == ("int8", "colours", "logits")
     assert metadata.verification["top1_agreement"] >= 0.99
+    # Compared as the probabilities the app serves, over the model's 3 classes.
+    assert 0.0 <= metadata.verification["max_abs_probability_diff"] <= 1.0
+    assert metadata.verification["top5_overlap"] == 1.0
     int8, float32 = Classifier(int8_model), Classifier(float_model)
     for photo in sorted(photos.iterdir())[1::2]:
         assert int8.classify(photo, k=1)[0].label == float32.classify(photo, k=1)[0].label
