@@ -175,31 +175,26 @@ def compare_with_keras(
     return rows
 
 
-def classify_with_draft(classifier: Any, photo: Path, draft: bool) -> list[Any]:
-    """``Classifier.classify`` with JPEG draft mode chosen: decode, preprocess, run, rank."""
-    from classifier.preprocess import preprocess
-
-    spec = classifier.metadata.preprocessing
-    batch = preprocess(photo, spec, classifier.max_pixels, draft)[np.newaxis]
-    return classifier.top_k(classifier.predict(batch)[0], TOP_K)
-
-
 def photo_path(
     name: str, classifier: Any, photo: Path, label: str, repeats: int
 ) -> list[dict[str, Any]]:
     """One photo's whole path beside inference alone, and preprocessing's share of it.
 
-    Both with Pillow's JPEG draft mode (the default) and without, so the
-    lever's effect shows.
+    As served (over 4 megapixels, a JPEG is decoded at reduced scale: Pillow's
+    draft mode) and decoded whole (a PIL image takes Keras' exact path at any
+    size), so the lever's effect shows.
     """
+    from PIL import Image
+
     from classifier.preprocess import preprocess
 
     spec, limit = classifier.metadata.preprocessing, classifier.max_pixels
     single = classifier.preprocess(photo)[np.newaxis]
+    sources = {"shrunk on load (served)": lambda: photo, "decoded whole": lambda: Image.open(photo)}
     calls: dict[str, Callable[[], object]] = {"inference": partial(classifier.predict, single)}
-    for draft in (True, False):
-        calls[f"preprocess {draft}"] = partial(preprocess, photo, spec, limit, draft)
-        calls[f"whole {draft}"] = partial(classify_with_draft, classifier, photo, draft)
+    for way, source in sources.items():
+        calls[f"preprocess {way}"] = lambda source=source: preprocess(source(), spec, limit)
+        calls[f"whole {way}"] = lambda source=source: classifier.classify(source(), TOP_K)
     medians = {
         key: statistics.median(values) * 1e3 for key, values in interleaved(calls, repeats).items()
     }
@@ -207,13 +202,13 @@ def photo_path(
         {
             "model": name,
             "photo": label,
-            "draft": "on (default)" if draft else "off",
-            "preprocess_ms": medians[f"preprocess {draft}"],
+            "decode": way,
+            "preprocess_ms": medians[f"preprocess {way}"],
             "inference_ms": medians["inference"],
-            "whole_path_ms": medians[f"whole {draft}"],
-            "preprocess_share_%": 100 * medians[f"preprocess {draft}"] / medians[f"whole {draft}"],
+            "whole_path_ms": medians[f"whole {way}"],
+            "preprocess_share_%": 100 * medians[f"preprocess {way}"] / medians[f"whole {way}"],
         }
-        for draft in (True, False)
+        for way in sources
     ]
 
 
