@@ -31,8 +31,9 @@ class MemoryBudget:
     At most ``slots`` reservations are held at once: decodes are CPU-bound,
     so more than one per core gains nothing, and each one in flight costs
     memory of its own (its thread's buffers) beyond its estimate.
-    ``on_idle`` runs whenever the last reservation is given back: the moment
-    to hand the decodes' freed memory back to the system.
+    ``on_idle(peak)`` runs whenever the last reservation is given back, with
+    the most that was held since the budget was last idle: the moment to hand
+    large decodes' freed memory back to the system.
     """
 
     def __init__(
@@ -40,13 +41,14 @@ class MemoryBudget:
         capacity: int,
         timeout: float,
         slots: int = 2,
-        on_idle: Callable[[], None] = lambda: None,
+        on_idle: Callable[[int], None] = lambda peak: None,
     ) -> None:
         self.capacity = capacity
         self.timeout = timeout
         self.slots = slots
         self._on_idle = on_idle
         self._in_use = 0
+        self._peak = 0
         self._holders = 0
         self._queue: deque[object] = deque()
         self._changed = threading.Condition()
@@ -79,10 +81,12 @@ class MemoryBudget:
             with self._changed:
                 self._in_use -= amount
                 self._holders -= 1
-                idle = self._holders == 0
+                peak = self._peak if self._holders == 0 else 0
+                if peak:
+                    self._peak = 0
                 self._changed.notify_all()
-            if idle:
-                self._on_idle()
+            if peak:
+                self._on_idle(peak)
 
     def _acquire(self, amount: int) -> None:
         ticket = object()
@@ -104,6 +108,7 @@ class MemoryBudget:
                         )
                     self._changed.wait(remaining)
                 self._in_use += amount
+                self._peak = max(self._peak, self._in_use)
                 self._holders += 1
             finally:
                 self._queue.remove(ticket)

@@ -39,6 +39,12 @@ ImageSource = str | Path | bytes | BinaryIO | Image.Image
 Admission = Callable[[int], AbstractContextManager[object]]
 """Called with a decode's estimated cost in bytes; holds it while the decode runs."""
 
+
+def no_admission(cost: int) -> AbstractContextManager[object]:
+    """Admit every decode at once: for scripts, where no server shares the memory."""
+    return nullcontext()
+
+
 DEFAULT_MAX_PIXELS = 40_000_000
 """Larger than any phone photo (a 6000 x 4000 photo is 24 megapixels)."""
 EXACT_PATH_MAX_PIXELS = 4_000_000
@@ -211,7 +217,7 @@ def decode(
     source: ImageSource,
     spec: Preprocessing,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    admit: Admission = lambda cost: nullcontext(),
+    admit: Admission = no_admission,
 ) -> Image.Image:
     """Decode an upload into an upright RGB image of the model's input size.
 
@@ -369,7 +375,7 @@ def preprocess(
     source: ImageSource,
     spec: Preprocessing,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    admit: Admission = lambda cost: nullcontext(),
+    admit: Admission = no_admission,
 ) -> np.ndarray:
     """Any image source -> the float32 ``(height, width, 3)`` model input."""
     return to_array(decode(source, spec, max_pixels, admit), spec)

@@ -119,12 +119,14 @@ def test_many_concurrent_callers_all_get_through() -> None:
     assert budget.waiting == 0
 
 
-def test_idle_hook_runs_when_the_last_share_comes_back() -> None:
+def test_idle_hook_runs_when_the_last_share_comes_back_with_the_peak_held() -> None:
     idle = []
-    budget = MemoryBudget(100, timeout=1, on_idle=lambda: idle.append(budget.in_use))
+    budget = MemoryBudget(100, timeout=1, on_idle=lambda peak: idle.append((budget.in_use, peak)))
     with budget.reserve(10), budget.reserve(20):
         pass
-    assert idle == [0]
+    with budget.reserve(5):
+        pass
+    assert idle == [(0, 30), (0, 5)]
 
 
 def test_batcher_runs_waiting_callers_together_and_answers_each() -> None:
