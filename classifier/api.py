@@ -9,7 +9,7 @@ is; bad input never gets a 500.
 
 import logging
 import tempfile
-from typing import Annotated, Any
+from typing import Annotated, BinaryIO
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -92,7 +92,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def read_upload(request: Request) -> Any:
+async def read_upload(request: Request) -> BinaryIO:
     """The uploaded image as a file object (spooled to disk past 1 MB), never over 20 MB."""
     declared = int(request.headers.get("content-length") or 0)
     if declared > MAX_UPLOAD_BYTES + SPOOL_BYTES:  # room for the multipart envelope

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 20.0
 """Longest wait for classifications under way: Heroku kills at 30 s."""
-CLOSE_TIMEOUT = 3.0
+CLOSE_TIMEOUT = 3
 """Then, longest wait for open responses (the page's event streams) to end."""
 ALWAYS_ANSWERED = {"/healthz"}
 
@@ -85,7 +85,7 @@ def serve(app: ASGIApp, host: str, port: int) -> None:
         draining,
         host=host,
         port=port,
-        timeout_graceful_shutdown=int(CLOSE_TIMEOUT),
+        timeout_graceful_shutdown=CLOSE_TIMEOUT,
         log_level="info",
         access_log=False,
     )
