@@ -208,7 +208,7 @@ def test_sigterm_lets_requests_under_way_finish_and_exits_0(
     with ThreadPoolExecutor(4) as pool:
         under_way = [pool.submit(post_to, instance, large) for _ in range(4)]
         with httpx.Client(base_url=instance.url) as watcher:
-            while metric(watcher, "classifier_requests_in_flight") < 1:
+            while metric(watcher, "classifier_requests_in_flight") < len(under_way):
                 time.sleep(0.01)
         terminated = threading.Thread(target=stop, args=(instance,))
         terminated.start()
