@@ -290,8 +290,7 @@ class RestClient:
         self._http = httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT)
 
     def classify(self, photo: Path) -> None:
-        with photo.open("rb") as image:
-            response = self._http.post("classify", files={"file": (photo.name, image)})
+        response = harness.classify(self._http, photo)
         if response.status_code != 200:
             raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
 

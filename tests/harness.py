@@ -22,7 +22,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from classifier.assets import ROOT
 
@@ -252,3 +254,20 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 10) ->
                 return
         time.sleep(0.05)
     raise RuntimeError(f"haproxy did not listen on {port} within {timeout} s")
+
+
+# --- calling an instance ------------------------------------------------------
+
+
+def classify(http: httpx.Client, path: Path, **params: object) -> httpx.Response:
+    with path.open("rb") as image:
+        return http.post("classify", files={"file": (path.name, image)}, params=params)
+
+
+def metric(client: httpx.Client, sample: str, /, **labels: str) -> float:
+    """One sample of the app's /metrics, parsed by prometheus-client's own parser."""
+    for family in text_string_to_metric_families(client.get("metrics").text):
+        for found in family.samples:
+            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
+                return found.value
+    return 0.0

@@ -11,9 +11,8 @@ import httpx
 import pytest
 from conftest import CAT_PHOTO, COFFEE_PHOTO
 from gradio_client import Client, handle_file
-from harness import Instance, launch, stop, wait_until_ready
+from harness import Instance, classify, launch, metric, stop, wait_until_ready
 from images import INVALID, LARGE, write_large_images, write_large_rgba_png
-from prometheus_client.parser import text_string_to_metric_families
 
 from classifier.model import Classifier
 
@@ -31,30 +30,17 @@ def http(app_url: str) -> httpx.Client:
         yield client
 
 
-def classify(http: httpx.Client, path: Path, **params: object) -> httpx.Response:
-    with path.open("rb") as image:
-        return http.post("classify", files={"file": (path.name, image)}, params=params)
-
-
-def metric(client: httpx.Client, sample: str, /, **labels: str) -> float:
-    """One sample of the app's /metrics, parsed by prometheus-client's own parser."""
-    for family in text_string_to_metric_families(client.get("metrics").text):
-        for found in family.samples:
-            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
-                return found.value
-    return 0.0
-
-
 def test_photo_gives_the_python_apis_top_5(http: httpx.Client, model_path: Path) -> None:
     response = classify(http, CAT_PHOTO)
     assert response.status_code == 200
     body = response.json()
-    expected = Classifier(model_path).classify(CAT_PHOTO)
+    classifier = Classifier(model_path)
+    expected = classifier.classify(CAT_PHOTO)
     assert [p["index"] for p in body["predictions"]] == [p.index for p in expected]
     assert [p["label"] for p in body["predictions"]] == [p.label for p in expected]
     for answered, prediction in zip(body["predictions"], expected, strict=True):
         assert answered["probability"] == pytest.approx(prediction.probability, rel=1e-5)
-    model = Classifier(model_path).metadata
+    model = classifier.metadata
     assert body["model"] == {
         "name": model.name,
         "precision": "float32",

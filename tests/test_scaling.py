@@ -15,8 +15,7 @@ import httpx
 import pytest
 from conftest import CAT_PHOTO, COFFEE_PHOTO, imagenet_sample_photos
 from gradio_client import Client, handle_file
-from harness import AFFINITY_COOKIE, Balancer, balanced
-from test_api import classify, metric
+from harness import AFFINITY_COOKIE, Balancer, balanced, classify, metric
 
 from classifier.model import Classifier
 
