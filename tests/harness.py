@@ -14,7 +14,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -49,53 +48,42 @@ def procfile_command(script: str = "app.py") -> str:
     raise AssertionError("Procfile has no web process")
 
 
-class PeakRss(threading.Thread):
-    """Samples a process's resident memory every ``interval`` s, keeping the peak.
+class ProcessMemory:
+    """A process tree's resident memory now, and its peak as the kernel counts it.
 
-    Started right after launch, it catches the peak while the model loads,
-    which a look at the steady state after start-up would miss. Heroku counts
+    The kernel keeps each process's high-water mark (``VmHWM``) exactly, so
+    reading it costs the app nothing; sampling RSS every few milliseconds
+    from here would take CPU from the app being measured. Heroku counts
     every process in the dyno, so children are summed with their parent.
     """
 
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
-        super().__init__(daemon=True)
+    def __init__(self, pid: int) -> None:
         self._root = psutil.Process(pid)
-        self._interval = interval
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self.peak = 0
-        self.current = 0
-        self.samples = 0
 
-    def tree_rss(self) -> int:
+    def _tree(self) -> list[psutil.Process]:
         try:
-            processes = [self._root, *self._root.children(recursive=True)]
+            return [self._root, *self._root.children(recursive=True)]
         except psutil.Error:
-            return 0
+            return []
+
+    @property
+    def current(self) -> int:
+        """Resident bytes now."""
         total = 0
-        for process in processes:
+        for process in self._tree():
             with contextlib.suppress(psutil.Error):  # it exited meanwhile
                 total += process.memory_info().rss
         return total
 
-    def run(self) -> None:
-        while not self._done.is_set():
-            rss = self.tree_rss()
-            with self._lock:
-                self.current = rss
-                self.peak = max(self.peak, rss)
-                self.samples += 1
-            self._done.wait(self._interval)
-
     def take_peak(self) -> int:
-        """The peak in bytes since the last call, starting a new window."""
-        with self._lock:
-            peak, self.peak = self.peak, self.current
-        return peak
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
+        """The peak resident bytes since launch or the last call, starting a new window."""
+        total = 0
+        for process in self._tree():
+            with contextlib.suppress(OSError):  # it exited meanwhile
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                total += int(status.split("VmHWM:")[1].split()[0]) * 1024
+                Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # resets VmHWM
+        return total
 
 
 @dataclass
@@ -105,7 +93,7 @@ class Instance:
     url: str
     process: subprocess.Popen
     log: Path
-    memory: PeakRss
+    memory: ProcessMemory
     launched: float
     ready_after: float = 0.0
 
@@ -132,9 +120,7 @@ def launch(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    memory = PeakRss(process.pid)
-    memory.start()
-    return Instance(f"http://127.0.0.1:{port}/", process, log, memory, launched)
+    return Instance(f"http://127.0.0.1:{port}/", process, log, ProcessMemory(process.pid), launched)
 
 
 def wait_until_ready(instance: Instance, path: str = "readyz", timeout: float = 120) -> None:
@@ -164,7 +150,6 @@ def stop(instance: Instance, timeout: float = 30) -> int:
         except subprocess.TimeoutExpired:
             os.killpg(instance.process.pid, 9)
             instance.process.wait()
-    instance.memory.stop()
     return instance.process.returncode
 
 
