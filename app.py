@@ -15,7 +15,21 @@ import sys
 import threading
 
 from classifier.assets import EXAMPLE_PHOTOS
+from classifier.deferred import defer_import
 from classifier.model import Classifier, ModelError
+
+
+def lighten_gradio() -> None:
+    """Turn off what Gradio does by default that this page never uses, before importing it.
+
+    After every page event Gradio summarises up to 10,000 past events with
+    pandas (the summary feeds its monitoring dashboard, not served here):
+    milliseconds of CPU per request, growing with the count, and 32 MB of
+    pandas, which Gradio also imports eagerly.
+    """
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**31))
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
+    defer_import("pandas")
 
 
 def main() -> int:
@@ -27,6 +41,7 @@ def main() -> int:
         return 1
 
     # Gradio takes seconds to import: a broken model is reported before that.
+    lighten_gradio()
     import gradio as gr
 
     from classifier.api import build_api

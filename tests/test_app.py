@@ -91,6 +91,20 @@ def test_bad_uploads_get_a_clear_message_and_the_server_lives_on(
     assert_top5(predict(client, CAT_PHOTO))
 
 
+def test_serving_the_page_never_imports_pandas(client: Client, app_url: str) -> None:
+    """Gradio imports pandas eagerly; the app defers it, and the page never needs it (32 MB)."""
+    assert_top5(predict(client, CAT_PHOTO))
+    port = urllib.parse.urlsplit(app_url).port
+    (server,) = {
+        connection.pid
+        for connection in psutil.net_connections("tcp")
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+    }
+    mapped = {Path(region.path).name for region in psutil.Process(server).memory_maps()}
+    assert any(name.startswith("onnxruntime") for name in mapped)  # the check can see libraries
+    assert not any("pandas" in name for name in mapped)
+
+
 def test_missing_model_exits_with_one_clear_line(tmp_path: Path) -> None:
     from harness import procfile_command
 

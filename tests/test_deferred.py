@@ -1,0 +1,31 @@
+"""Deferred imports: a stand-in until first use, then the real module."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+PROBE = """
+import sys
+from classifier.deferred import DeferredModule, defer_import
+defer_import("fractions")
+import fractions
+assert isinstance(fractions, DeferredModule), type(fractions)
+assert "fractions" in sys.modules and isinstance(sys.modules["fractions"], DeferredModule)
+half = fractions.Fraction(1, 2)
+assert half + half == 1
+assert not isinstance(sys.modules["fractions"], DeferredModule)
+import fractions as again
+assert again.Fraction is fractions.Fraction
+print("ok")
+"""
+
+
+def test_a_deferred_module_is_imported_when_first_used() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
