@@ -46,9 +46,9 @@ def main() -> int:
 
     from classifier.api import build_api
     from classifier.serving import serve
-    from classifier.ui import MAX_FILE_SIZE, QUEUE_SIZE, build_demo
+    from classifier.ui import MAX_FILE_SIZE, build_demo
 
-    page = build_demo(classifier, EXAMPLE_PHOTOS).queue(max_size=QUEUE_SIZE)
+    page = build_demo(classifier, EXAMPLE_PHOTOS)
     app = gr.mount_gradio_app(
         build_api(classifier), page, path="/", max_file_size=MAX_FILE_SIZE, show_error=False
     )
