@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import http.client
 import json
 import os
 import platform
@@ -18,6 +19,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -282,20 +284,47 @@ class PageClient:
 
 
 class RestClient:
-    """``POST /classify``: one request, the image as a multipart field."""
+    """``POST /classify``, the image as a multipart field, over one kept-alive connection.
+
+    As lean as curl: the standard library's ``http.client`` costs 0.25 ms of
+    CPU a request here, httpx 1.5 ms, which on a 2-core machine would be
+    counted as the server's time. Bodies are encoded once per photo.
+    """
 
     def __init__(self, url: str) -> None:
-        import httpx
+        address = urllib.parse.urlsplit(url)
+        self._connection = http.client.HTTPConnection(
+            address.hostname, address.port, timeout=REQUEST_TIMEOUT
+        )
+        self._bodies: dict[Path, tuple[bytes, str]] = {}
 
-        self._http = httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT)
+    def _body(self, photo: Path) -> tuple[bytes, str]:
+        if photo not in self._bodies:
+            import httpx
+
+            request = httpx.Request(
+                "POST", "http://app/classify", files={"file": (photo.name, photo.read_bytes())}
+            )
+            self._bodies[photo] = request.read(), request.headers["content-type"]
+        return self._bodies[photo]
 
     def classify(self, photo: Path) -> None:
-        response = harness.classify(self._http, photo)
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
+        body, content_type = self._body(photo)
+        for attempt in (1, 2):  # the server closes connections idle for 5 s: reconnect once
+            try:
+                self._connection.request("POST", "/classify", body, {"Content-Type": content_type})
+                response = self._connection.getresponse()
+                answer = response.read()
+                break
+            except ConnectionError:  # http.client.RemoteDisconnected included
+                self._connection.close()
+                if attempt == 2:
+                    raise
+        if response.status != 200:
+            raise RuntimeError(f"{response.status}: {answer[:300]!r}")
 
     def close(self) -> None:
-        self._http.close()
+        self._connection.close()
 
 
 PROTOCOLS = {"rest": RestClient, "page": PageClient}
