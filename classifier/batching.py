@@ -62,7 +62,8 @@ class Batcher:
 
     def _run_batch(self, batch: list[_Request]) -> None:
         try:
-            outputs = self._run(np.concatenate([request.inputs for request in batch]))
+            inputs = [request.inputs for request in batch]
+            outputs = self._run(inputs[0] if len(inputs) == 1 else np.concatenate(inputs))
             offsets = np.cumsum([len(request.inputs) for request in batch])[:-1]
             for request, rows in zip(batch, np.split(outputs, offsets), strict=True):
                 request.outputs = rows
