@@ -3,7 +3,9 @@
 A run already keeps the cores busy, so runs go one at a time. Requests
 that arrive during a run wait for it, and the next run takes them all
 together (up to ``max_batch``): a batch costs less per image than single
-runs, and nobody waits for a batch to fill.
+runs, and nobody waits for a batch to fill. A batch's activations stay in
+ONNX Runtime's arena once run; the last run before the queue empties is
+told to ``settle``, to hand them back, so a burst leaves no growth behind.
 """
 
 from __future__ import annotations
@@ -24,13 +26,18 @@ class _Request:
 
 
 class Batcher:
-    """Calls ``run`` on the inputs of every caller waiting, up to ``max_batch`` rows at once."""
+    """Calls ``run(inputs, settle)`` on every waiting caller's inputs, up to ``max_batch`` rows.
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch: int) -> None:
+    ``settle`` is true for a run that leaves nobody waiting after a batch of
+    more than one row has run: its memory may go back.
+    """
+
+    def __init__(self, run: Callable[[np.ndarray, bool], np.ndarray], max_batch: int) -> None:
         self._run = run
         self._max_batch = max_batch
         self._queue: list[_Request] = []
         self._busy = False
+        self._grown = False
         self._changed = threading.Condition()
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
@@ -44,7 +51,8 @@ class Batcher:
                     break
                 self._busy = True
                 batch = self._take()
-            self._run_batch(batch)
+                settle = self._settles(batch)
+            self._run_batch(batch, settle)
         if request.error is not None:
             raise request.error
         assert request.outputs is not None
@@ -60,10 +68,17 @@ class Batcher:
         batch, self._queue = self._queue[:taken], self._queue[taken:]
         return batch
 
-    def _run_batch(self, batch: list[_Request]) -> None:
+    def _settles(self, batch: list[_Request]) -> bool:
+        """Whether this run should settle: nobody waits after it, and a batch has grown memory."""
+        self._grown |= sum(len(taken.inputs) for taken in batch) > 1
+        settle = self._grown and not self._queue
+        self._grown &= not settle
+        return settle
+
+    def _run_batch(self, batch: list[_Request], settle: bool) -> None:
         try:
             inputs = [request.inputs for request in batch]
-            outputs = self._run(inputs[0] if len(inputs) == 1 else np.concatenate(inputs))
+            outputs = self._run(inputs[0] if len(inputs) == 1 else np.concatenate(inputs), settle)
             offsets = np.cumsum([len(request.inputs) for request in batch])[:-1]
             for request, rows in zip(batch, np.split(outputs, offsets), strict=True):
                 request.outputs = rows

@@ -242,6 +242,8 @@ class Classifier:
                 f"onnxruntime cannot load {self.model_path} ({error}): {CONVERT_HINT} again."
             ) from error
         self._input_name = self._session.get_inputs()[0].name
+        self._settling = ort.RunOptions()
+        self._settling.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         admission = admission or AdmissionSettings.from_env()
         self.budget = MemoryBudget(
             admission.memory_budget_mb * MB,
@@ -290,8 +292,10 @@ class Classifier:
             scores = self._run_batched(batch)
         return softmax(scores) if self.metadata.scores == "logits" else scores
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input_name: batch})[0]
+    def _run(self, batch: np.ndarray, settle: bool = False) -> np.ndarray:
+        """One model run; ``settle`` hands the arena's growth from batches back after it."""
+        options = self._settling if settle else None
+        return self._session.run(None, {self._input_name: batch}, options)[0]
 
     def top_k(self, probabilities: np.ndarray, k: int = 5) -> list[Prediction]:
         best = np.argsort(probabilities)[::-1][:k]

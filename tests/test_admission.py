@@ -131,10 +131,12 @@ def test_idle_hook_runs_when_the_last_share_comes_back_with_the_peak_held() -> N
 
 def test_batcher_runs_waiting_callers_together_and_answers_each() -> None:
     runs: list[int] = []
+    settles: list[bool] = []
     gate = threading.Event()
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray, settle: bool) -> np.ndarray:
         runs.append(len(batch))
+        settles.append(settle)
         gate.wait(5)
         return batch * 2
 
@@ -149,10 +151,22 @@ def test_batcher_runs_waiting_callers_together_and_answers_each() -> None:
         assert first.result()[0, 0] == 0
         assert [future.result()[0, 0] for future in rest] == [2.0 * i for i in range(1, 10)]
     assert runs == [1, 8, 1]
+    # The batch of 8 left memory behind; the run after it, with nobody left waiting, settles.
+    assert settles == [False, False, True]
+    batcher(np.array([[1.0]]))
+    assert settles[-1] is False  # settled already: lone runs keep their memory
+
+
+def test_a_burst_ending_in_a_batch_settles_with_it() -> None:
+    settles: list[bool] = []
+    batcher = Batcher(lambda batch, settle: settles.append(settle) or batch, max_batch=4)
+    batcher(np.zeros((1, 1)))
+    batcher(np.zeros((2, 1)))  # nobody waits after this pair: memory goes back at once
+    assert settles == [False, True]
 
 
 def test_batcher_gives_a_failed_run_to_every_caller_in_it() -> None:
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(batch: np.ndarray, settle: bool) -> np.ndarray:
         raise RuntimeError("model broke")
 
     batcher = Batcher(run, max_batch=4)

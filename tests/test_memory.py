@@ -126,3 +126,39 @@ def test_an_ordinary_photo_reuses_the_heap(model_path: Path) -> None:
     """
     assert page_faults_per_classification(model_path) < 50
     assert page_faults_per_classification(model_path, MALLOC_MMAP_THRESHOLD_="131072") > 300
+
+
+ARENA = """
+import re, sys
+from pathlib import Path
+from classifier.assets import EXAMPLE_PHOTOS
+from classifier.model import Classifier, release_freed_memory
+def resident():
+    release_freed_memory()
+    return int(re.search(r"VmRSS:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+classifier = Classifier(sys.argv[1])
+classifier.classify(EXAMPLE_PHOTOS[0])
+if sys.argv[2] == "never settle":
+    classifier._settling = None
+before = resident()
+classifier.classify_batch(EXAMPLE_PHOTOS[:1] * 4)
+print((resident() - before) * 1024)
+"""
+
+
+def arena_growth_after_a_batch(model_path: Path, mode: str) -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", ARENA, str(model_path), mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return int(result.stdout)
+
+
+def test_a_batch_leaves_no_memory_behind(model_path: Path) -> None:
+    """ONNX Runtime's arena keeps a batch's activations (float32: ~8 MB an image) unless settled."""
+    assert arena_growth_after_a_batch(model_path, "settle") < 8 * MB
+    assert arena_growth_after_a_batch(model_path, "never settle") > 20 * MB
