@@ -292,7 +292,7 @@ class Classifier:
             scores = self._run_batched(batch)
         return softmax(scores) if self.metadata.scores == "logits" else scores
 
-    def _run(self, batch: np.ndarray, settle: bool = False) -> np.ndarray:
+    def _run(self, batch: np.ndarray, settle: bool) -> np.ndarray:
         """One model run; ``settle`` hands the arena's growth from batches back after it."""
         options = self._settling if settle else None
         return self._session.run(None, {self._input_name: batch}, options)[0]

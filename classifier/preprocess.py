@@ -364,8 +364,8 @@ def normalize(pixels: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """
     mean = np.asarray(spec.mean, dtype=np.float64)
     std = np.asarray(spec.std, dtype=np.float64)
-    # One new array, scaled in place: every temporary of a 299 x 299 input is a
-    # megabyte the C heap must map afresh (setup.sh hands large blocks back).
+    # One new array, scaled in place: each temporary of a 299 x 299 input would
+    # be another megabyte allocated, written and freed on every request.
     values = np.array(pixels[..., ::-1] if spec.channel_order == "BGR" else pixels, np.float32)
     values *= (1.0 / std).astype(np.float32)
     values += (-mean / std).astype(np.float32)

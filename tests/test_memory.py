@@ -49,16 +49,22 @@ def large_images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return dict(zip(LARGE, paths, strict=True))
 
 
-def decode_in_fresh_process(path: Path) -> dict[str, int]:
+def printed_by(script: str, *arguments: str, setup: str = "") -> str:
+    """What ``script`` prints, run in a fresh interpreter (after the shell lines ``setup``)."""
+    command = f'{setup} exec "$0" -c "$1" "${{@:2}}"'
     result = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(path)],
+        ["bash", "-c", command, sys.executable, script, *arguments],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     )
-    return json.loads(result.stdout)
+    return result.stdout
+
+
+def decode_in_fresh_process(path: Path) -> dict[str, int]:
+    return json.loads(printed_by(MEASURE, str(path)))
 
 
 @pytest.mark.parametrize("kind", LARGE)
@@ -78,15 +84,7 @@ def test_the_old_full_size_decode_would_not_fit(large_images: dict[str, Path]) -
         "preprocess(sys.argv[1], spec)", "Image.open(sys.argv[1]).convert('RGB')"
     )
     script = "from PIL import Image\n" + script
-    result = subprocess.run(
-        [sys.executable, "-c", script, str(large_images["rgba png"])],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert json.loads(result.stdout)["growth"] > BUDGET
+    assert json.loads(printed_by(script, str(large_images["rgba png"])))["growth"] > BUDGET
 
 
 FAULTS = """
@@ -106,16 +104,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 def page_faults_per_classification(model_path: Path, **env: str) -> float:
     """In the environment ``setup.sh`` gives the app on Heroku (``env`` overriding it)."""
     settings = " ".join(f"{name}={value}" for name, value in env.items())
-    script = f'source setup.sh && {settings} exec "$0" -c "$1" "$2"'
-    result = subprocess.run(
-        ["bash", "-c", script, sys.executable, FAULTS, str(model_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return float(result.stdout)
+    return float(printed_by(FAULTS, str(model_path), setup=f"source setup.sh && {settings}"))
 
 
 def test_an_ordinary_photo_reuses_the_heap(model_path: Path) -> None:
@@ -147,15 +136,7 @@ print((resident() - before) * 1024)
 
 
 def arena_growth_after_a_batch(model_path: Path, mode: str) -> int:
-    result = subprocess.run(
-        [sys.executable, "-c", ARENA, str(model_path), mode],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return int(result.stdout)
+    return int(printed_by(ARENA, str(model_path), mode))
 
 
 def test_a_batch_leaves_no_memory_behind(model_path: Path) -> None:
