@@ -1,0 +1,18 @@
+"""One error model for every surface that reports a failure.
+
+Each error class says, once, what it means to the HTTP API (its status),
+to the metrics (its outcome) and to the converter's command line (its exit
+code), so no surface keeps a table of its own. Its message is for people:
+the words of the library underneath go to the log, never into it.
+"""
+
+
+class ClassifierError(Exception):
+    """A failure with a message a user can act on."""
+
+    status: int = 500
+    """The HTTP status the API answers with."""
+    outcome: str = "error"
+    """The ``outcome`` label of the request counter in ``/metrics``."""
+    exit_code: int = 1
+    """The exit code of ``convert_model.py`` and ``app.py``."""
