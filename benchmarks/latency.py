@@ -12,14 +12,21 @@ is compared with float32 on the other half here and under ``qemu-x86_64``
 as an AVX2 CPU (``-cpu Haswell``) and an SSE4.2 one (``-cpu Nehalem``), and
 timed here against float32, taking turns. Emulated runs are slow and their
 timings mean nothing, so only a few photos run there and no time is shown.
+
+With ``--profile`` it says where each ``--model``'s time goes: ONNX Runtime's
+own profiler over single-image runs, the kernels' time grouped by op type as
+the session runs them (after its graph optimisations and QDQ fusions, so a
+fused ``QLinearConv`` and a ``QuantizeLinear`` left on its own show apart).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -275,6 +282,56 @@ def int8_variants(
     return [*rows, float_row]
 
 
+def profile(model: Path, photo: Path, runs: int) -> list[dict[str, Any]]:
+    """ONNX Runtime's kernel times over ``runs`` single-image runs, by op type, as served.
+
+    The session is configured as the app configures it; the warm-up run
+    (first-run allocations) is left out of the figures.
+    """
+    import onnxruntime as ort
+
+    from classifier.model import Classifier, SessionSettings
+
+    batch = Classifier(model).preprocess(photo)[np.newaxis]
+    options = SessionSettings().session_options()
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="profile-") as folder:
+        options.profile_file_prefix = str(Path(folder) / model.stem)
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: batch}
+        for _ in range(runs + 1):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    model_runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])
+    measured_from = model_runs[1]["ts"]
+    total_ms = sum(run["dur"] for run in model_runs[1:]) / 1e3 / runs
+    by_op: dict[str, list[float]] = defaultdict(list)
+    for event in events:
+        if (
+            event.get("cat") == "Node"
+            and event["name"].endswith("_kernel_time")
+            and event["ts"] >= measured_from
+        ):
+            by_op[event["args"]["op_name"]].append(event["dur"] / 1e3 / runs)
+    ranked = sorted(by_op.items(), key=lambda item: -sum(item[1]))
+    kernels_ms = sum(sum(times) for times in by_op.values())
+
+    def row(op: str, nodes: int, ms: float) -> dict[str, Any]:
+        return {
+            "model": model.name,
+            "op type": op,
+            "nodes": nodes,
+            "ms per image": ms,
+            "share %": 100 * ms / total_ms,
+        }
+
+    return [
+        *(row(op, len(times) // runs, sum(times)) for op, times in ranked),
+        row("(between kernels)", 0, total_ms - kernels_ms),
+        row("total (model_run)", sum(len(times) for times in by_op.values()) // runs, total_ms),
+    ]
+
+
 def _agreement(report: Any) -> str:
     return f"{round(report.top1_agreement * report.samples)}/{report.samples}"
 
@@ -295,8 +352,23 @@ def main() -> None:
     arguments.add_argument(
         "--nehalem-photos", type=int, default=2, help="photos run as an SSE4.2 CPU (qemu)"
     )
+    arguments.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead, profile each --model with ONNX Runtime: kernel time by op type",
+    )
     args = arguments.parse_args()
     paths = models(args)
+    if args.profile:
+        with tempfile.TemporaryDirectory(prefix="profile-") as folder:
+            photo = photos(Path(folder))["500x375"]
+            rows = [row for path in paths for row in profile(path, photo, args.repeats)]
+        title = (
+            f"Where inference time goes: ONNX Runtime's profiler, {args.repeats} single-image "
+            "runs after a warm-up, kernel time by op type (ms per image)"
+        )
+        report(args, "profile", {title: rows})
+        return
     if args.int8_variants:
         emulated = {HASWELL: args.haswell_photos, NEHALEM: args.nehalem_photos}
         rows = int8_variants(paths[0], args.int8_variants, args.repeats, emulated)

@@ -16,6 +16,12 @@ weights (``--int8-scheme vnni``) are kept for CPUs with VNNI.
 The classifier head (the dense layer and softmax) stays float32: quantized,
 its output would hold 256 levels, so near classes would tie and swap ranks,
 while it costs 2% of the compute.
+
+Before quantizing, each stride-1 average pooling that feeds a 1x1
+convolution alone is moved after it (``pool_after_projection``): both are
+linear, so the float32 answer is the same, but ONNX Runtime's int8 average
+pooling is slow (15-20% of InceptionV3's int8 time, against 2% for float32's)
+and after the projection it pools 4 to 10 times fewer channels.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -80,6 +87,7 @@ class Int8Scheme:
             "operators": ", ".join(self.operators) or "all that onnxruntime quantizes",
             "calibration_method": "MinMax",
             "float32": "classifier head (dense layer and softmax)",
+            "graph": "stride-1 average pooling moved after the 1x1 convolution it feeds",
             "for_cpus": self.cpus,
         }
 
@@ -182,6 +190,54 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
     return names
 
 
+def pool_after_projection(model: onnx.ModelProto) -> int:
+    """Move each stride-1 ``AveragePool`` after the 1x1 ``Conv`` that alone reads it.
+
+    ``conv(pool(x)) == pool(conv(x))`` here: a 1x1 convolution mixes channels
+    at each position, and a pooling that excludes padding averages positions
+    with weights summing to one, so the bias passes through unchanged. Returns
+    how many pairs were moved; the graph stays topologically sorted.
+    """
+    graph = model.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    kernels = {weights.name: list(weights.dims[2:]) for weights in graph.initializer}
+    nodes = list(graph.node)
+    moved = 0
+    for pool in [node for node in nodes if node.op_type == "AveragePool"]:
+        [conv, *others] = readers.get(pool.output[0], [None])
+        if others or conv is None or conv.op_type != "Conv" or conv.input[0] != pool.output[0]:
+            continue
+        pooling, projection = _attributes(pool), _attributes(conv)
+        if (
+            pooling.get("count_include_pad", 0)
+            or set(pooling.get("strides", [1])) != {1}
+            or projection.get("kernel_shape", kernels.get(conv.input[1])) != [1, 1]
+            or projection.get("group", 1) != 1
+            or set(projection.get("strides", [1])) != {1}
+            or set(projection.get("pads", [0])) != {0}
+        ):
+            continue
+        # x -> pool -> pooled -> conv -> out   becomes   x -> conv -> pooled -> pool -> out
+        pooled, out = pool.output[0], conv.output[0]
+        conv.input[0], conv.output[0] = pool.input[0], pooled
+        pool.input[0], pool.output[0] = pooled, out
+        first, second = nodes.index(pool), nodes.index(conv)
+        nodes[first], nodes[second] = conv, pool
+        moved += 1
+    if moved:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        del graph.value_info[:]  # shapes of the moved tensors changed: inferred again
+    return moved
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    return {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+
+
 def quantize_int8(
     float_model: Path,
     photos: Sequence[Path],
@@ -191,9 +247,13 @@ def quantize_int8(
 ) -> bytes:
     """The float32 model at ``float_model``, statically quantized by ``scheme``."""
     with tempfile.TemporaryDirectory() as work:
+        reordered = Path(work) / "reordered.onnx"
         prepared = Path(work) / "prepared.onnx"
         quantized = Path(work) / "int8.onnx"
-        quant_pre_process(str(float_model), str(prepared))
+        model = onnx.load(float_model)
+        log.info("Moved %d average poolings after their projection.", pool_after_projection(model))
+        onnx.save(model, reordered)
+        quant_pre_process(str(reordered), str(prepared))
         quantize_static(
             prepared,
             quantized,
