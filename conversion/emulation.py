@@ -79,7 +79,9 @@ class EmulatedCpu:
         )
 
 
-HASWELL = EmulatedCpu("Haswell", ("sse4_2", "avx", "avx2", "fma"), description="an AVX2 CPU")
+HASWELL = EmulatedCpu(
+    "Haswell", ("sse4_2", "avx", "avx2", "fma"), description="an AVX2 CPU without VNNI"
+)
 NEHALEM = EmulatedCpu("Nehalem", ("sse4_2",), description="an SSE4.2 CPU")
 NEOVERSE_N1 = EmulatedCpu(
     "neoverse-n1", ("asimd", "asimddp"), "aarch64", "0xd0c", "an ARM64 CPU (Graviton2)"
@@ -169,7 +171,11 @@ def run(
         if classifier:
             command.append("--classifier")
         # qemu warns on stderr about every CPUID bit it cannot emulate; shown on failure only.
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        # The worker imports the project's classifier package (ARM's path is set by -E).
+        environment = {**os.environ, "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, env=environment
+        )
         if result.returncode != 0:
             errors = [
                 line for line in result.stderr.splitlines() if "TCG doesn't support" not in line

@@ -240,7 +240,7 @@ def test_disagreeing_int8_model_is_refused_and_nothing_is_kept(
 def test_without_qemu_the_metadata_and_output_say_what_was_not_checked(
     quantized: Quantized, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("conversion.emulation.qemu_available", lambda: False)
+    monkeypatch.setattr("conversion.emulation.qemu_available", lambda cpu=None: False)
     float_copy = copy_float_model(quantized, tmp_path / "model")
 
     code, stdout = quantize(
