@@ -1,0 +1,141 @@
+"""The app's models as an ARM64 CPU: Graviton2 (Heroku Fir's dynos) and a Cortex-A76.
+
+``qemu-aarch64`` runs an arm64 Python 3.11 from Debian's packages with the
+runtime's aarch64 wheels from ``requirements.txt`` (``make arm64-root``),
+and in it the project's own ``Classifier``, float32 and int8. Each run
+decodes the photo files itself (libvips and Pillow as built for ARM), so
+one emulated run gives both checks:
+
+- on the same input arrays (ARM's), this machine's answers: float32
+  probabilities within 1e-4, int8 top-1 equal and within 0.01;
+- end to end from the files, each side decoding its own: top-1 equal, the
+  decodes' difference reported in ``test-artifacts/arm64-*.json``.
+
+Emulation is slow (float32 ~50 s a photo, int8 ~3 s), so float32 runs two
+photos and int8 six, on each CPU. The model is the confident test model of
+``tests/test_quantize.py``, quantized by the converter, whose gate checks it
+as Graviton2 too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT, imagenet_sample_photos, run_converter
+from PIL import Image
+from test_quantize import decided, linked
+
+from classifier import cpu
+from classifier.model import Classifier
+from conversion.emulation import CORTEX_A76, NEOVERSE_N1, EmulatedCpu, run, unavailable
+from conversion.synthetic import write_confident_weights
+
+FLOAT32_PHOTOS = 2
+INT8_PHOTOS = 6
+MAX_FLOAT32_DIFFERENCE = 1e-4
+MAX_INT8_DIFFERENCE = 0.01
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = pytest.mark.skipif(
+    unavailable(NEOVERSE_N1) is not None,
+    reason=f"ARM64 cannot be emulated here: {unavailable(NEOVERSE_N1)}",
+)
+
+
+@dataclass(frozen=True)
+class Models:
+    float32: Path
+    int8: Path
+    photos: list[Path]
+    """PNG, a WebP, JPEGs: each decoder the app uses on ARM."""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
+    sample = imagenet_sample_photos()  # skips where the photos are absent
+    folder = tmp_path_factory.mktemp("arm64")
+    weights = folder / "confident.weights.h5"
+    write_confident_weights(weights)
+    float_model = folder / "inception_v3.onnx"
+    webp = folder / "photo.webp"
+    Image.open(sample[1]).save(webp, quality=90)
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert run_converter("--weights", str(weights), "--output", str(float_model)) == 0
+        code = run_converter(
+            "--output",
+            str(float_model),
+            "--quantize",
+            "int8",
+            "--calibration",
+            str(linked(folder / "calibration", sample[0:40:2])),
+            "--verification",
+            str(linked(folder / "verification", decided(float_model, sample[41:80:2]))),
+            "--emulated-photos",
+            "2",
+        )
+    assert code == 0, stdout.getvalue()
+    photos = [CAT_PHOTO, webp, COFFEE_PHOTO, *sample[3:6]]
+    return Models(float_model, folder / "inception_v3.int8.onnx", photos)
+
+
+def test_the_int8_gate_checked_it_as_graviton2(models: Models) -> None:
+    verification = json.loads(models.int8.with_suffix(".json").read_text())["verification"]
+    arm = [entry for entry in verification["cpus"] if entry["measured_on"] == NEOVERSE_N1.command]
+    assert len(arm) == 1, verification
+    assert arm[0]["cpu_class"] == cpu.ARM64
+    assert arm[0]["instruction_sets"] == ["asimd", "asimddp"]
+    assert arm[0]["samples"] == 2
+    assert arm[0]["passed"] is True
+    assert arm[0]["cpu_difference"] <= MAX_INT8_DIFFERENCE
+
+
+def top1(probabilities: np.ndarray) -> list[int]:
+    return np.argmax(probabilities, axis=1).tolist()
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+@pytest.mark.parametrize("arm", [NEOVERSE_N1, CORTEX_A76], ids=lambda arm: arm.qemu_cpu)
+def test_the_classifier_answers_as_here(models: Models, arm: EmulatedCpu, precision: str) -> None:
+    model = models.float32 if precision == "float32" else models.int8
+    photos = models.photos[: FLOAT32_PHOTOS if precision == "float32" else INT8_PHOTOS]
+    emulated = run(arm, model, photos=photos, classifier=True)
+    assert emulated.guest_cpu.startswith(cpu.ARM64), emulated.guest_cpu
+    here = Classifier(model)
+    # The same input arrays: ARM's decodes, run here.
+    same_inputs = here.predict(emulated.inputs)
+    difference = float(np.max(np.abs(emulated.probabilities - same_inputs)))
+    # End to end: each side decodes the files itself.
+    own_inputs = np.stack([here.preprocess(photo) for photo in photos])
+    end_to_end = here.predict(own_inputs)
+    decoding = np.abs(emulated.inputs - own_inputs)
+    report = {
+        "cpu": arm.command,
+        "guest_cpu": emulated.guest_cpu,
+        "precision": precision,
+        "photos": [photo.name for photo in photos],
+        "max_probability_difference_same_inputs": difference,
+        "top1_equal_same_inputs": top1(emulated.probabilities) == top1(same_inputs),
+        "top1_equal_end_to_end": top1(emulated.probabilities) == top1(end_to_end),
+        "max_probability_difference_end_to_end": float(
+            np.max(np.abs(emulated.probabilities - end_to_end))
+        ),
+        "decoded_values_differing": {
+            photo.name: int(np.count_nonzero(row))
+            for photo, row in zip(photos, decoding, strict=True)
+        },
+        "max_decoded_difference": float(decoding.max()),
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / f"arm64-{arm.qemu_cpu}-{precision}.json").write_text(json.dumps(report, indent=1))
+    if precision == "float32":
+        assert difference <= MAX_FLOAT32_DIFFERENCE, report
+    else:
+        assert report["top1_equal_same_inputs"], report
+        assert difference <= MAX_INT8_DIFFERENCE, report
+    assert report["top1_equal_end_to_end"], report
