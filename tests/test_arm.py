@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,12 @@ def top1(probabilities: np.ndarray) -> list[int]:
 def test_the_classifier_answers_as_here(models: Models, arm: EmulatedCpu, precision: str) -> None:
     model = models.float32 if precision == "float32" else models.int8
     photos = models.photos[: FLOAT32_PHOTOS if precision == "float32" else INT8_PHOTOS]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     emulated = run(arm, model, photos=photos, classifier=True)
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_seconds = (cpu_after.ru_utime + cpu_after.ru_stime) - (
+        cpu_before.ru_utime + cpu_before.ru_stime
+    )
     assert emulated.guest_cpu.startswith(cpu.ARM64), emulated.guest_cpu
     here = Classifier(model)
     # The same input arrays: ARM's decodes, run here.
@@ -130,6 +136,7 @@ def test_the_classifier_answers_as_here(models: Models, arm: EmulatedCpu, precis
             for photo, row in zip(photos, decoding, strict=True)
         },
         "max_decoded_difference": float(decoding.max()),
+        "emulated_cpu_seconds": round(cpu_seconds, 1),
     }
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / f"arm64-{arm.qemu_cpu}-{precision}.json").write_text(json.dumps(report, indent=1))
