@@ -22,7 +22,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import platform
 import resource
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +37,7 @@ from PIL import Image
 from test_quantize import decided, linked
 
 from classifier import cpu
+from classifier.cpu import CpuFeatures
 from classifier.model import Classifier
 from conversion.emulation import CORTEX_A76, NEOVERSE_N1, EmulatedCpu, run, unavailable
 from conversion.synthetic import write_confident_weights
@@ -43,7 +48,7 @@ MAX_FLOAT32_DIFFERENCE = 1e-4
 MAX_INT8_DIFFERENCE = 0.01
 ARTIFACTS = ROOT / "test-artifacts"
 
-pytestmark = pytest.mark.skipif(
+needs_arm64 = pytest.mark.skipif(
     unavailable(NEOVERSE_N1) is not None,
     reason=f"ARM64 cannot be emulated here: {unavailable(NEOVERSE_N1)}",
 )
@@ -85,6 +90,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     return Models(float_model, folder / "inception_v3.int8.onnx", photos)
 
 
+@needs_arm64
 def test_the_int8_gate_checked_it_as_graviton2(models: Models) -> None:
     verification = json.loads(models.int8.with_suffix(".json").read_text())["verification"]
     arm = [entry for entry in verification["cpus"] if entry["measured_on"] == NEOVERSE_N1.command]
@@ -100,6 +106,7 @@ def top1(probabilities: np.ndarray) -> list[int]:
     return np.argmax(probabilities, axis=1).tolist()
 
 
+@needs_arm64
 @pytest.mark.parametrize("precision", ["float32", "int8"])
 @pytest.mark.parametrize("arm", [NEOVERSE_N1, CORTEX_A76], ids=lambda arm: arm.qemu_cpu)
 def test_the_classifier_answers_as_here(models: Models, arm: EmulatedCpu, precision: str) -> None:
@@ -146,3 +153,49 @@ def test_the_classifier_answers_as_here(models: Models, arm: EmulatedCpu, precis
         assert report["top1_equal_same_inputs"], report
         assert difference <= MAX_INT8_DIFFERENCE, report
     assert report["top1_equal_end_to_end"], report
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (("asimd", "asimddp", "i8mm"), cpu.ARM64_I8MM),  # Graviton3 and 4, Apple M2 on
+        (("asimd", "asimddp"), cpu.ARM64),  # Graviton2, Apple M1, Cortex-A76
+        (("asimd",), cpu.ARM64_NEON),  # Graviton (Cortex-A72)
+    ],
+)
+def test_arm_cpu_classes_follow_the_int8_kernels(flags: tuple[str, ...], expected: str) -> None:
+    assert CpuFeatures.of("aarch64", flags).cpu_class == expected
+    assert CpuFeatures.of("arm64", flags).cpu_class == expected
+
+
+def test_the_made_up_cpuinfo_reads_as_its_cpu(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(NEOVERSE_N1.cpuinfo())
+    features = CpuFeatures.detect(cpuinfo)
+    assert features.instruction_sets == list(NEOVERSE_N1.instruction_sets)
+    assert "CPU part\t: 0xd0c" in cpuinfo.read_text()
+
+
+def test_macos_features_come_from_sysctl(monkeypatch: pytest.MonkeyPatch) -> None:
+    answer = (
+        "hw.optional.AdvSIMD: 1\nhw.optional.arm.FEAT_DotProd: 1\nhw.optional.arm.FEAT_I8MM: 0\n"
+    )
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(
+        subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, answer)
+    )
+    assert CpuFeatures.detect().cpu_class == cpu.ARM64
+
+
+def test_int8_on_an_unverified_arm_class_is_logged_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    graviton3 = CpuFeatures.of("aarch64", {"asimd", "asimddp", "i8mm"})
+    monkeypatch.setattr(CpuFeatures, "detect", lambda: graviton3)
+    verification = {"cpus": [{"cpu_class": cpu.ARM64, "passed": True}]}
+    with caplog.at_level(logging.INFO, logger="classifier.cpu"):
+        cpu.log_cpu_support("int8", verification)
+    assert f"CPU: {cpu.ARM64_I8MM}" in caplog.text
+    assert "not verified on this CPU class (ARM64 with I8MM)" in caplog.text
+    assert "make arm64-root" in caplog.text
