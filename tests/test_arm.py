@@ -59,7 +59,7 @@ class Models:
     float32: Path
     int8: Path
     photos: list[Path]
-    """PNG, a WebP, JPEGs: each decoder the app uses on ARM."""
+    """PNG, WebP and JPEG, small (Pillow) and large (libvips): each decoder the app uses."""
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     weights = folder / "confident.weights.h5"
     write_confident_weights(weights)
     float_model = folder / "inception_v3.onnx"
-    webp = folder / "photo.webp"
-    Image.open(sample[1]).save(webp, quality=90)
+    # Over 4 megapixels, libvips decodes them shrinking (as built for ARM, there).
+    large = Image.open(sample[1]).resize((2400, 1800), Image.Resampling.BICUBIC)
+    webp, jpeg = folder / "large.webp", folder / "large.jpg"
+    large.save(webp, quality=90)
+    large.save(jpeg, quality=90)
     with contextlib.redirect_stdout(io.StringIO()) as stdout:
         assert run_converter("--weights", str(weights), "--output", str(float_model)) == 0
         code = run_converter(
@@ -86,7 +89,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
             "2",
         )
     assert code == 0, stdout.getvalue()
-    photos = [CAT_PHOTO, webp, COFFEE_PHOTO, *sample[3:6]]
+    photos = [CAT_PHOTO, webp, COFFEE_PHOTO, jpeg, *sample[3:5]]
     return Models(float_model, folder / "inception_v3.int8.onnx", photos)
 
 
