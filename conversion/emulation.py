@@ -111,10 +111,10 @@ def unavailable(cpu: EmulatedCpu) -> str | None:
 
 def guest_command(cpu: EmulatedCpu, work: Path) -> list[str]:
     """The command that starts Python as ``cpu``; ARM gets a root in ``work``."""
-    qemu = shutil.which(cpu.qemu)
     reason = unavailable(cpu)
-    if qemu is None or reason is not None:
+    if reason is not None:
         raise EmulationError(f"cannot run as {cpu.command}: {reason}.")
+    qemu = shutil.which(cpu.qemu) or cpu.qemu
     if cpu.machine == "x86_64":
         return [qemu, "-cpu", cpu.qemu_cpu, sys.executable]
     root = arm64_root()
