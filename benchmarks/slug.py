@@ -1,11 +1,20 @@
 """Slug size: what Heroku would ship, gzip-compressed, ours against the TensorFlow way.
 
-Heroku counts the compressed tarball of the built app (at most 500 MB):
-the installed dependencies, the Python runtime, the repository files that
-``.slugignore`` keeps, and the model. The dependencies are installed from
-``requirements.txt`` into a fresh virtual environment, then pruned by
-``bin/post_compile`` as Heroku's buildpack does; the TensorFlow
-variant swaps onnxruntime for ``tensorflow-cpu`` and keeps all else equal.
+Heroku's Cedar generation counts the compressed tarball of the built app
+(at most 500 MB): the installed dependencies, the Python runtime, the
+repository files that ``.slugignore`` keeps, and the model. The
+dependencies are installed from the lock, ``requirements.txt``, into a
+fresh virtual environment, then pruned by ``bin/post_compile`` as Heroku's
+buildpack does; the TensorFlow variant installs ``requirements.in`` with
+``tensorflow-cpu`` in onnxruntime's place and keeps all else equal.
+
+Fir ships an OCI image for ARM64 instead, whose app layers hold the same
+parts: the row "Fir, aarch64" installs the lock's aarch64 wheels (as
+``make arm64-root`` does), prunes them with ``bin/post_compile`` as
+``project.toml``'s inline buildpack does, and keeps the files its exclude
+list keeps. Its layers are gzip-compressed tars too; the Python runtime is
+counted as this machine's (x86-64) build, and the run image underneath
+(Ubuntu, shared by every app) is not counted.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatch
@@ -85,17 +95,26 @@ def dropped_by_slugignore(path: str, patterns: list[str]) -> bool:
     return False
 
 
-def app_files() -> list[tuple[Path, str]]:
-    """The committed files the slug keeps (Heroku builds from git), under ``app/``.
+def slugignore_patterns() -> list[str]:
+    lines = (ROOT / ".slugignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
-    Committed models and their metadata are left out: each row adds the one
-    model it is about.
+
+def fir_exclude_patterns() -> list[str]:
+    project = tomllib.loads((ROOT / "project.toml").read_text())
+    return project["io"]["buildpacks"]["exclude"]
+
+
+def app_files(patterns: list[str]) -> list[tuple[Path, str]]:
+    """The committed files the build keeps (Heroku builds from git), under ``app/``.
+
+    ``patterns`` are what the build leaves out (``.slugignore``, or Fir's
+    exclude list). Committed models and their metadata are left out: each
+    row adds the one model it is about.
     """
     listed = subprocess.run(
         ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    lines = (ROOT / ".slugignore").read_text().splitlines()
-    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     committed_models = {
         str(PurePosixPath(name).with_suffix(suffix))
         for name in listed
@@ -116,20 +135,39 @@ def model_files(model: Path) -> list[tuple[Path, str]]:
     return [(path, f"app/models/{path.name}") for path in (model, model.with_suffix(".json"))]
 
 
-def install(requirements: list[str], folder: Path) -> list[tuple[Path, str]]:
+def post_compile(site: Path) -> None:
+    """Prune ``site`` with the app's own build hook, as both generations run it."""
+    environment = {**os.environ, "SITE_PACKAGES": str(site)}
+    subprocess.run([ROOT / "bin" / "post_compile"], env=environment, check=True)
+
+
+def install(requirements: Path, folder: Path) -> list[tuple[Path, str]]:
     """A fresh venv with ``requirements`` installed from the registry, as tar entries."""
-    (folder / "requirements.txt").write_text("\n".join(requirements) + "\n")
     venv = folder / "venv"
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-    print(f"installing {', '.join(requirements)} into a fresh venv ...", flush=True)
+    print(f"installing {requirements.name} into a fresh venv ...", flush=True)
     pip = [venv / "bin" / "python", "-m", "pip", "install", "--no-input", "-r"]
-    done = subprocess.run([*pip, folder / "requirements.txt"], capture_output=True, text=True)
+    done = subprocess.run([*pip, requirements], capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"error: pip failed:\n{done.stdout}\n{done.stderr}")
-    # Heroku's buildpack runs the app's post-compile hook with this Python first on PATH.
-    path = f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}"
-    subprocess.run([ROOT / "bin" / "post_compile"], env={**os.environ, "PATH": path}, check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    post_compile(site)
     return tree(venv, "app/.heroku/python")
+
+
+def install_aarch64(requirements: Path, folder: Path) -> list[tuple[Path, str]]:
+    """The lock's aarch64 wheels, pruned, as Fir's venv layer holds them."""
+    site = folder / "site-packages"
+    print(f"installing {requirements.name} for aarch64 ...", flush=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    command = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--require-hashes"]
+    command += ["--target", site, "--python-platform", "aarch64-manylinux_2_28"]
+    command += ["--python-version", version, "-r", requirements]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"error: uv failed:\n{done.stderr}")
+    post_compile(site)
+    return tree(site, f"layers/heroku_python/venv/lib/python{version}/site-packages")
 
 
 def in_heroku_runtime(relative: Path) -> bool:
@@ -181,25 +219,30 @@ def main() -> None:
     arguments.add_argument("--top", type=int, default=8, help="largest packages listed")
     args = arguments.parse_args()
     paths = models(args)
-    ours = [
-        line.strip()
-        for line in (ROOT / "requirements.txt").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    variants = {
-        "onnxruntime (ours)": ours,
-        "tensorflow-cpu": [TENSORFLOW if line.startswith("onnxruntime") else line for line in ours],
-    }
-    python, app = compressed_size(python_runtime()), compressed_size(app_files())
-    dependencies: dict[str, Size] = {}
+    unlocked = (ROOT / "requirements.in").read_text().splitlines()
+    python = compressed_size(python_runtime())
+    cedar, fir = (
+        compressed_size(app_files(slugignore_patterns())),
+        compressed_size(app_files(fir_exclude_patterns())),
+    )
+    dependencies: dict[str, tuple[Size, Size]] = {}
     largest: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="slug-") as folder:
-        for variant, requirements in variants.items():
-            venv_folder = Path(folder) / variant.split()[0]
+        tensorflow = Path(folder) / "tensorflow.txt"
+        tensorflow.write_text(
+            "\n".join(TENSORFLOW if line.startswith("onnxruntime") else line for line in unlocked)
+        )
+        variants = {
+            "onnxruntime (ours)": (install, ROOT / "requirements.txt", cedar),
+            "tensorflow-cpu": (install, tensorflow, cedar),
+            "onnxruntime, Fir (aarch64)": (install_aarch64, ROOT / "requirements.txt", fir),
+        }
+        for variant, (installer, requirements, app) in variants.items():
+            venv_folder = Path(folder) / re.sub(r"\W+", "-", variant)
             venv_folder.mkdir()
-            groups = packages(install(requirements, venv_folder))
+            groups = packages(installer(requirements, venv_folder))
             sizes = {key: compressed_size(entries) for key, entries in groups.items()}
-            dependencies[variant] = total(sizes.values())
+            dependencies[variant] = (total(sizes.values()), app)
             ranked = sorted(sizes.items(), key=lambda item: item[1][0], reverse=True)
             largest += [
                 {"dependencies": variant, "name": key, "MB": size[0], "uncompressed_MB": size[1]}
@@ -208,7 +251,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for model in paths:
         model_size = compressed_size(model_files(model))
-        for variant, deps in dependencies.items():
+        for variant, (deps, app) in dependencies.items():
             slug = total([deps, python, app, model_size])
             rows.append(
                 {

@@ -3,15 +3,19 @@
 ONNX Runtime picks its int8 matrix kernels by the CPU's instruction sets,
 and they do not all compute alike: on x86 CPUs with AVX2 or AVX-512 but
 without VNNI, uint8 x int8 products are summed in pairs into 16 bits
-(``vpmaddubsw``), which saturates unless the weights use 7 bits. So an int8
-model is only known to answer as verified on the CPU classes its metadata
-lists. Standard library only: the runtime imports this.
+(``vpmaddubsw``), which saturates unless the weights use 7 bits. On ARM64
+(Graviton, Apple Silicon) it uses I8MM (``smmla``) where there is I8MM,
+else the dot product (``sdot``/``udot``), else plain NEON widening
+multiplies. So an int8 model is only known to answer as verified on the
+CPU classes its metadata lists. Standard library only: the runtime imports this.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
+import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +27,9 @@ X86_VNNI = "x86-64 with VNNI"
 X86_AVX512 = "x86-64 AVX-512 without VNNI"
 X86_AVX2 = "x86-64 AVX2 without AVX-512 or VNNI"
 X86_SSE = "x86-64 without AVX2"
-ARM64 = "ARM64"
+ARM64_I8MM = "ARM64 with I8MM"
+ARM64 = "ARM64 with dot product, without I8MM"
+ARM64_NEON = "ARM64 without dot product"
 OTHER = "other"
 
 REPORTED_FLAGS = (
@@ -52,7 +58,10 @@ class CpuFeatures:
 
     @classmethod
     def detect(cls, cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuFeatures:
-        """This machine's, read from ``/proc/cpuinfo`` (no flags where it is absent)."""
+        """This machine's, read from ``/proc/cpuinfo`` (macOS: ``sysctl``; no flags
+        where neither answers)."""
+        if sys.platform == "darwin":
+            return cls(platform.machine().lower(), frozenset(_darwin_flags()))
         try:
             text = cpuinfo.read_text()
         except OSError:
@@ -67,7 +76,9 @@ class CpuFeatures:
     def cpu_class(self) -> str:
         """The class that decides which int8 kernel ONNX Runtime runs."""
         if self.machine in {"aarch64", "arm64"}:
-            return ARM64
+            if "i8mm" in self.flags:
+                return ARM64_I8MM
+            return ARM64 if "asimddp" in self.flags else ARM64_NEON
         if self.machine not in {"x86_64", "amd64"}:
             return OTHER
         if self.flags & {"avx512_vnni", "avx_vnni"}:
@@ -96,6 +107,26 @@ def _cpuinfo_flags(text: str) -> set[str]:
     return set()
 
 
+DARWIN_FEATURES = {
+    "hw.optional.AdvSIMD": "asimd",
+    "hw.optional.arm.FEAT_DotProd": "asimddp",
+    "hw.optional.arm.FEAT_I8MM": "i8mm",
+}
+"""macOS has no /proc/cpuinfo: its sysctl names for the ARM features that matter."""
+
+
+def _darwin_flags() -> set[str]:
+    """The ARM features macOS reports as present (``sysctl`` prints 1)."""
+    try:
+        output = subprocess.run(
+            ["sysctl", *DARWIN_FEATURES], capture_output=True, text=True, check=False
+        ).stdout
+    except OSError:
+        return set()
+    values = dict(line.split(": ", 1) for line in output.splitlines() if ": " in line)
+    return {flag for name, flag in DARWIN_FEATURES.items() if values.get(name, "").strip() == "1"}
+
+
 def verified_cpu_classes(verification: Mapping[str, Any]) -> set[str]:
     """The CPU classes an int8 model's metadata says it passed its agreement check on."""
     return {
@@ -115,7 +146,8 @@ def log_cpu_support(precision: str, verification: Mapping[str, Any]) -> None:
         log.warning(
             "This int8 model was not verified on this CPU class (%s); its metadata "
             "lists %s, so its answers here may differ from float32's. Convert it with "
-            "the portable scheme where qemu-x86_64 is installed, or serve the float32 model.",
+            "the portable scheme where qemu-user is installed (and, for ARM64, the "
+            "emulation root made by `make arm64-root`), or serve the float32 model.",
             features.cpu_class,
             ", ".join(sorted(verified)) or "none",
         )

@@ -4,7 +4,7 @@ onnxruntime's static quantization in QDQ form, per-channel int8 weights and
 uint8 activations, after ``quant_pre_process``. Activation ranges are
 calibrated on real photos run through the app's own preprocessing; the
 result is then compared with the float32 model on photos that calibration
-never saw, on this CPU and, under ``qemu-x86_64``, as an AVX2 CPU.
+never saw, on this CPU and, under qemu-user, as an AVX2 CPU and as an ARM64 one.
 
 Why 7-bit weights by default (``reduce_range``): on x86 CPUs with AVX2 or
 AVX-512 but without VNNI, ONNX Runtime multiplies uint8 by int8 with
