@@ -140,8 +140,8 @@ async def read_upload(request: Request) -> BinaryIO:
         spool.seek(0)
         return spool
     raise UnsupportedImageError(
-        "Send an image as the multipart form field `file` or as a raw body with an image "
-        "Content-Type (image/jpeg, image/png, ...)."
+        f"Send an image as the multipart form field `file` or as a raw body with an image "
+        f"Content-Type, not {content_type[:100] or 'no Content-Type'}."
     )
 
 

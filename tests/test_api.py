@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import CAT_PHOTO, COFFEE_PHOTO
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from gradio_client import Client, handle_file
 from harness import Instance, classify, launch, metric, stop, wait_for, wait_until_ready
@@ -324,10 +326,15 @@ def test_messages_hold_no_library_words_and_no_paths(
 
 
 @pytest.fixture(scope="module")
-def in_process(model_path: Path) -> Iterator[TestClient]:
+def api(model_path: Path) -> FastAPI:
     from classifier.api import build_api
 
-    with TestClient(build_api(Classifier(model_path)), raise_server_exceptions=False) as client:
+    return build_api(Classifier(model_path))
+
+
+@pytest.fixture(scope="module")
+def in_process(api: FastAPI) -> Iterator[TestClient]:
+    with TestClient(api, raise_server_exceptions=False) as client:
         yield client
 
 
@@ -358,11 +365,11 @@ def test_a_bug_is_a_500_with_the_request_id_logged_and_counted(
     assert "reshape" in str(logged.exc_info[1])
 
 
-def multipart_body(size: int, chunk: int = 64 * 1024) -> tuple[Iterator[bytes], list[int]]:
-    """A form with one file of ``size`` bytes, as chunks; and how many bytes were taken."""
+def chunked_form(size: int, chunk: int = 64 * 1024) -> tuple[AsyncIterator[bytes], list[int]]:
+    """A form with one file of ``size`` bytes, sent chunk by chunk; and how much was taken."""
     taken = [0]
 
-    def chunks() -> Iterator[bytes]:
+    async def chunks() -> AsyncIterator[bytes]:
         head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
         for piece in (head, *(b"\0" * chunk for _ in range(size // chunk)), b"\r\n--b--\r\n"):
             taken[0] += len(piece)
@@ -372,12 +379,22 @@ def multipart_body(size: int, chunk: int = 64 * 1024) -> tuple[Iterator[bytes], 
 
 
 @pytest.mark.parametrize("multipart", [True, False], ids=["multipart", "raw"])
-def test_a_60_mb_chunked_upload_is_refused_after_the_limit(
-    in_process: TestClient, multipart: bool
-) -> None:
-    """No Content-Length: the body is counted as it comes, and no more than ~21 MB is read."""
-    body, taken = multipart_body(60 * 1024 * 1024)
+def test_a_60_mb_chunked_upload_is_refused_after_the_limit(api: FastAPI, multipart: bool) -> None:
+    """No Content-Length: the body is counted as it comes, and no more than ~21 MB is read.
+
+    httpx's ASGI transport hands the app each chunk only when the app asks for it, so
+    ``taken`` is exactly what the app read (and so at most what reached the parser or disk).
+    """
+    body, taken = chunked_form(60 * 1024 * 1024)
     content_type = "multipart/form-data; boundary=b" if multipart else "image/png"
-    response = in_process.post("classify", content=body, headers={"Content-Type": content_type})
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return await client.post(
+                "/classify", content=body, headers={"Content-Type": content_type}
+            )
+
+    response = asyncio.run(post())
     assert "20 MB" in assert_error(response, 413)
     assert taken[0] <= 21 * 1024 * 1024

@@ -37,9 +37,7 @@ def test_a_bad_setting_stops_the_app_with_one_line_and_exit_2(
 ) -> None:
     result = run_app(**{variable: value})
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [
-        f"error: {variable}={value!r} is not allowed: {allowed}."
-    ]
+    assert result.stderr.splitlines() == [f"error: {variable}={value!r} is not allowed: {allowed}."]
 
 
 def test_help_lists_every_setting_with_its_default_and_meaning() -> None:
