@@ -11,7 +11,7 @@ framework's own (404, 405, validation) included; bad input never gets a 500.
 import http
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, BinaryIO
 
 from fastapi import FastAPI, Query, Request
@@ -24,10 +24,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from classifier import metrics
 from classifier.errors import ClassifierError
@@ -107,30 +108,52 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def read_upload(request: Request) -> BinaryIO:
-    """The uploaded image as a file object (spooled to disk past 1 MB), never over 20 MB.
+class BodyLimit:
+    """ASGI middleware: no request body is read past ``limit`` bytes, whichever route reads it.
 
-    The body is counted as it streams in, chunked or not: the chunk that
-    would pass the limit ends the request, so no more than the limit is
-    ever parsed, held or written to disk.
+    The body is counted as it streams in, chunked or not: the message that
+    would pass the limit raises ``UploadTooLargeError`` (413) in the reader,
+    so no more than the limit is ever parsed, held or written to disk, by
+    the API or by the page's own upload route.
     """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_UPLOAD_BYTES + ENVELOPE_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "0")
+        if declared.isdigit() and int(declared) > self.limit:
+            await error_response(413, _too_large_message())(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise UploadTooLargeError(_too_large_message())
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def read_upload(request: Request) -> BinaryIO:
+    """The uploaded image as a file object (spooled to disk past 1 MB), never over 20 MB."""
     content_type = request.headers.get("content-type", "")
-    multipart = content_type.startswith("multipart/form-data")
-    limit = MAX_UPLOAD_BYTES + (ENVELOPE_BYTES if multipart else 0)
-    try:
-        declared = int(request.headers.get("content-length") or 0)
-    except ValueError:
-        declared = 0  # the server has already refused a malformed length
-    if declared > limit:
-        raise UploadTooLargeError(_too_large_message())
-    body = bounded(request.stream(), limit)
-    if multipart:
-        return await read_form_file(request, body)
+    if content_type.startswith("multipart/form-data"):
+        return await read_form_file(request)
     if content_type.startswith(("image/", "application/octet-stream")):
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (the caller closes it)
         try:
-            async for chunk in body:
+            async for chunk in request.stream():
                 spool.write(chunk)
+                if spool.tell() > MAX_UPLOAD_BYTES:
+                    raise UploadTooLargeError(_too_large_message())
         except BaseException:
             spool.close()
             raise
@@ -145,19 +168,9 @@ async def read_upload(request: Request) -> BinaryIO:
     )
 
 
-async def bounded(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
-    """``stream``'s chunks, until they would pass ``limit`` bytes: then ``UploadTooLargeError``."""
-    received = 0
-    async for chunk in stream:
-        received += len(chunk)
-        if received > limit:
-            raise UploadTooLargeError(_too_large_message())
-        yield chunk
-
-
-async def read_form_file(request: Request, body: AsyncIterator[bytes]) -> BinaryIO:
+async def read_form_file(request: Request) -> BinaryIO:
     """The form's one file, from the field ``file``."""
-    parser = MultiPartParser(request.headers, body, max_files=1, max_fields=1)
+    parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=1)
     try:
         form = await parser.parse()
     except MultiPartException as error:
@@ -262,7 +275,8 @@ def build_api(classifier: Classifier) -> FastAPI:
     )
     for kind, handler in error_handlers(api).items():
         api.add_exception_handler(kind, handler)
-    api.add_middleware(RequestContext)
+    api.add_middleware(BodyLimit)
+    api.add_middleware(RequestContext)  # outermost: its id is on the others' log lines
 
     @api.post(
         "/classify",

@@ -50,7 +50,7 @@ def describe(metadata: ModelMetadata) -> str:
         f"Drop a photo, or pick an example, to see the {min(TOP_K, metadata.classes)} most "
         f"likely of the {metadata.classes} classes {metadata.name} knows."
     )
-    if metadata.weights.get("source") != "random":
+    if metadata.weights_source != "random":
         return intro
     return (
         f"{intro}\n\n> **Demo only: these are random test weights, not trained ones, so the "
@@ -61,17 +61,17 @@ def describe(metadata: ModelMetadata) -> str:
 def provenance(metadata: ModelMetadata) -> str:
     """The model, its weights and how it was checked: below the app, out of a phone's way."""
     weights = metadata.weights
-    if weights.get("source") == "random":
+    if weights["source"] == "random":
         source = f"random test weights (seed {weights.get('seed')})"
-    elif weights.get("source") == "imagenet":
+    elif weights["source"] == "imagenet":
         source = "Keras' ImageNet weights"
     else:
         source = f"`{weights.get('file')}`"
     verification = metadata.verification
     checked = (
-        f" Verified against {verification['against']}: top-1 agreement "
-        f"{verification['top1_agreement']:.0%}, largest probability difference "
-        f"{verification['max_abs_probability_diff']:.1g}."
+        f" Verified against {verification.get('against')}: top-1 agreement "
+        f"{verification.get('top1_agreement', 0):.0%}, largest probability difference "
+        f"{verification.get('max_abs_probability_diff', 1):.1g}."
         if verification.get("passed")
         else ""
     )
