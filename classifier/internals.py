@@ -31,7 +31,7 @@ QUEUE_POLLING = ("sleep_when_free", "progress_update_sleep_when_free")
 class InternalsError(ClassifierError):
     """An installed Gradio or uvicorn no longer has what this module reaches into."""
 
-    exit_code = 3
+    exit_code = 9  # after the converter's 1 to 8
 
 
 def check() -> None:
