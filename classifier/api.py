@@ -204,8 +204,8 @@ def error_handlers(api: FastAPI, framework_prefix: str | None = None) -> dict[ty
 
     async def classifier_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, ClassifierError)
-        if error.status >= 500 and error.status != 503:  # a server fault is not the user's news
-            raise error
+        if error.server_fault:
+            raise error  # answered as any bug is, by RequestContext
         return error_response(error.status, str(error), error.headers)
 
     async def http_error(request: Request, error: Exception) -> Response:

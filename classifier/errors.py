@@ -21,3 +21,8 @@ class ClassifierError(Exception):
     def headers(self) -> dict[str, str]:
         """HTTP headers that go with the answer (``Retry-After`` on a 503)."""
         return {}
+
+    @property
+    def server_fault(self) -> bool:
+        """A 500: the server's fault, so its message is logged and the user gets the request id."""
+        return self.status >= 500 and self.status != 503

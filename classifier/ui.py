@@ -100,7 +100,7 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
             with metrics.observed("page"):
                 predictions = classifier.classify(image_path, TOP_K)
         except ClassifierError as error:
-            if error.status >= 500 and error.status != 503:
+            if error.server_fault:
                 raise internal_error(error) from error
             # The visitor's to fix or to retry: the message stays until closed, and no
             # traceback goes to the server log.

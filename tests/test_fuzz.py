@@ -5,6 +5,7 @@ A few hundred seeded cases here; ``benchmarks/fuzz.py`` runs thousands.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -41,4 +42,7 @@ def test_mutated_files_never_break_the_app(model_path: Path, tmp_path: Path) -> 
     # The fuzzer reaches both sides: files that still decode, and files that do not.
     assert tally.counts["REST 200"] > 0
     assert sum(n for kind, n in tally.counts.items() if kind.startswith("REST 4")) > 0
-    assert "Traceback" not in instance.log.read_text()
+    log = instance.log.read_text()
+    assert "Traceback" not in log
+    # The decoders' words are in the log, on the line of the request that sent the file.
+    assert re.search(r"INFO classifier\.preprocess \[[0-9a-f]{32}\]: Decoder failed: ", log)
