@@ -1,14 +1,17 @@
 """Serve the classifier: the Gradio page at ``/`` and the REST API beside it.
 
-The model comes from ``MODEL_PATH`` (default ``models/inception_v3.onnx``);
-the address from ``HOST`` and ``PORT`` (``setup.sh`` sets them for Heroku).
-A model that is missing or does not match its metadata stops the app with
-one line, before any port is bound; warming the model up happens once the
-port is bound (``/readyz`` says when it is done).
+Settings come from environment variables, read and checked once here
+(``python app.py --help`` lists them; ``setup.sh`` sets ``HOST`` and
+``PORT`` for Heroku). A bad setting, a model that is missing or does not
+match its metadata, or libraries whose internals changed stop the app with
+one line and a non-zero exit, before any port is bound. Warming the model up
+happens once the port is bound (``/readyz`` says when it is done); if it
+fails, the app logs why and exits non-zero, so that Heroku restarts it.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -16,7 +19,13 @@ import threading
 
 from classifier.assets import EXAMPLE_PHOTOS
 from classifier.deferred import defer_import
+from classifier.errors import ClassifierError
 from classifier.model import Classifier, ModelError
+from classifier.preprocess import configure_vips
+from classifier.request_id import configure_logging
+from classifier.settings import help_text, load_settings
+
+log = logging.getLogger("app")
 
 
 def lighten_gradio() -> None:
@@ -32,28 +41,53 @@ def lighten_gradio() -> None:
     defer_import("pandas")
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        classifier = Classifier.from_env(warm=False)
-    except ModelError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+def parse_arguments(argv: list[str]) -> None:
+    """Only ``--help``: everything else is set by environment variables."""
+    argparse.ArgumentParser(
+        description="Serve the image classifier: the page at / and the REST API "
+        "(POST /classify, /healthz, /readyz, /metrics, /docs).",
+        epilog=f"settings (environment variables):\n{help_text()}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
 
-    # Gradio takes seconds to import: a broken model is reported before that.
-    lighten_gradio()
-    import gradio as gr
+
+def main(argv: list[str] | None = None) -> int:
+    parse_arguments(sys.argv[1:] if argv is None else argv)
+    configure_logging()
+    try:
+        settings = load_settings()
+        configure_vips(settings.vips_threads)
+        classifier = Classifier.from_settings(settings, warm=False)
+        # Gradio takes seconds to import: a broken model is reported before that.
+        lighten_gradio()
+        from classifier import internals
+
+        internals.check()
+    except ClassifierError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
 
     from classifier.api import build_api
-    from classifier.serving import serve
-    from classifier.ui import MAX_FILE_SIZE, build_demo
+    from classifier.serving import GracefulServer
+    from classifier.ui import build_demo, mount
 
-    page = build_demo(classifier, EXAMPLE_PHOTOS)
-    app = gr.mount_gradio_app(
-        build_api(classifier), page, path="/", max_file_size=MAX_FILE_SIZE, show_error=False
-    )
-    threading.Thread(target=classifier.warm_up, name="warm-up", daemon=True).start()
-    serve(app, os.environ.get("HOST", "127.0.0.1"), int(os.environ.get("PORT", "7860")))
+    app = mount(build_api(classifier), build_demo(classifier, EXAMPLE_PHOTOS))
+    server = GracefulServer(app, settings.host, settings.port)
+    failure: list[ModelError] = []
+
+    def warm_up() -> None:
+        try:
+            classifier.warm_up()
+        except Exception as error:
+            log.exception("The model's first run failed: stopping, for a restart")
+            failure.append(ModelError(f"The model's first run failed ({type(error).__name__})."))
+            server.stop()
+
+    threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
+    server.run()
+    if failure:
+        print(f"error: {failure[0]}", file=sys.stderr)
+        return failure[0].exit_code
     return 0
 
 

@@ -14,15 +14,23 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from classifier.errors import ClassifierError
 from classifier.preprocess import MB, ImageTooLargeError
 
 
-class BusyError(Exception):
-    """The server is saturated; the client should try again shortly."""
+class BusyError(ClassifierError):
+    """The server is saturated; the client should try again after ``retry_after`` s."""
+
+    status = 503
+    outcome = "busy"
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class MemoryBudget:

@@ -3,31 +3,45 @@
 One request classifies one image, so any number of instances can serve it
 behind a load balancer with no session affinity (the Gradio page needs
 affinity: its upload, call and result are three requests to one process).
-Errors answer ``{"error": "..."}`` with a status that says whose fault it
-is; bad input never gets a 500.
+Every answer that is not a success is ``{"error": "<a message for people>"}``
+with a status that says whose fault it is (``ClassifierError.status``), the
+framework's own (404, 405, validation) included; bad input never gets a 500.
 """
 
+import http
 import logging
 import tempfile
+from collections.abc import Awaitable, Callable
 from typing import Annotated, BinaryIO
 
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
+from starlette.datastructures import Headers, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from classifier import metrics
-from classifier.admission import BusyError
-from classifier.model import Classifier
+from classifier.errors import ClassifierError
+from classifier.model import Classifier, Prediction
 from classifier.preprocess import ImageError, ImageTooLargeError, UnsupportedImageError
+from classifier.request_id import RequestContext
 
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 """The largest upload taken, as on the page (``20mb``)."""
+ENVELOPE_BYTES = 64 * 1024
+"""Room for a multipart form's boundaries and part headers around the file."""
 SPOOL_BYTES = 1024 * 1024
 """Uploads up to this size stay in memory; larger ones are spooled to disk."""
 DEFAULT_K = 5
@@ -62,12 +76,14 @@ class MissingUploadError(ImageError):
     """No image in the request."""
 
 
-STATUS = (
-    (BusyError, 503),
-    (ImageTooLargeError, 413),
-    (UnsupportedImageError, 415),
-    (ImageError, 400),
-)
+class MalformedUploadError(ImageError):
+    """A multipart body that cannot be parsed, or with more than the one file."""
+
+
+HTTP_MESSAGES = {
+    404: "There is nothing here: the page is at /, the API is POST /classify (see /docs).",
+    405: "This path does not take {method}: use {allowed}.",
+}
 
 UPLOAD_DOC = {
     "requestBody": {
@@ -92,41 +108,153 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+class BodyLimit:
+    """ASGI middleware: no request body is read past ``limit`` bytes, whichever route reads it.
+
+    The body is counted as it streams in, chunked or not: the message that
+    would pass the limit raises ``UploadTooLargeError`` (413) in the reader,
+    so no more than the limit is ever parsed, held or written to disk, by
+    the API or by the page's own upload route.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_UPLOAD_BYTES + ENVELOPE_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "0")
+        if declared.isdigit() and int(declared) > self.limit:
+            await error_response(413, _too_large_message())(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise UploadTooLargeError(_too_large_message())
+            return message
+
+        await self.app(scope, limited, send)
+
+
 async def read_upload(request: Request) -> BinaryIO:
     """The uploaded image as a file object (spooled to disk past 1 MB), never over 20 MB."""
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > MAX_UPLOAD_BYTES + SPOOL_BYTES:  # room for the multipart envelope
-        raise UploadTooLargeError(_too_large_message())
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=2)
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise MissingUploadError("Send the image as the multipart form field `file`.")
-        if (upload.size or 0) > MAX_UPLOAD_BYTES:
-            raise UploadTooLargeError(_too_large_message())
-        return upload.file
+        return await read_form_file(request)
     if content_type.startswith(("image/", "application/octet-stream")):
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 (the caller closes it)
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_UPLOAD_BYTES:
-                spool.close()
-                raise UploadTooLargeError(_too_large_message())
-            spool.write(chunk)
-        if size == 0:
+        try:
+            async for chunk in request.stream():
+                spool.write(chunk)
+                if spool.tell() > MAX_UPLOAD_BYTES:
+                    raise UploadTooLargeError(_too_large_message())
+        except BaseException:
+            spool.close()
+            raise
+        if spool.tell() == 0:
+            spool.close()
             raise MissingUploadError("The request body is empty: send an image.")
         spool.seek(0)
         return spool
     raise UnsupportedImageError(
-        f"Send an image as multipart form field `file` or as a raw body with an image "
-        f"Content-Type, not {content_type or 'no Content-Type'}."
+        f"Send an image as the multipart form field `file` or as a raw body with an image "
+        f"Content-Type, not {content_type[:100] or 'no Content-Type'}."
     )
+
+
+async def read_form_file(request: Request) -> BinaryIO:
+    """The form's one file, from the field ``file``."""
+    parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=1)
+    try:
+        form = await parser.parse()
+    except MultiPartException as error:
+        log.info("Unreadable multipart form: %s", error)
+        raise MalformedUploadError(
+            "The form could not be read: send one image, as the multipart form field `file`."
+        ) from error
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        await form.close()
+        raise MissingUploadError("Send the image as the multipart form field `file`.")
+    if (upload.size or 0) > MAX_UPLOAD_BYTES:
+        await form.close()
+        raise UploadTooLargeError(_too_large_message())
+    return upload.file
 
 
 def _too_large_message() -> str:
     return f"The file is over the limit of {MAX_UPLOAD_BYTES // (1024 * 1024)} MB."
+
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def error_handlers(api: FastAPI, framework_prefix: str | None = None) -> dict[type, Handler]:
+    """The one way errors are answered, for ``api`` and for apps mounted on it.
+
+    ``framework_prefix``: paths whose errors keep the framework's own shape,
+    because a client library reads it (Gradio's ``/gradio_api/``).
+    """
+
+    async def classifier_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, ClassifierError)
+        if error.server_fault:
+            raise error  # answered as any bug is, by RequestContext
+        return error_response(error.status, str(error), error.headers)
+
+    async def http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        if framework_prefix and request.url.path.startswith(framework_prefix):
+            return await http_exception_handler(request, error)
+        status, headers = error.status_code, dict(error.headers or {})
+        allowed = methods_of(api, request) if status in (404, 405) else None
+        if allowed:  # a route of the API's, behind the page mounted at /
+            status, headers = 405, {**headers, "Allow": ", ".join(sorted(allowed))}
+        message = HTTP_MESSAGES.get(status, f"{http.HTTPStatus(status).phrase}.")
+        allowed_text = headers.get("Allow", "").replace(", ", " or ")
+        return error_response(
+            status, message.format(method=request.method, allowed=allowed_text), headers
+        )
+
+    async def invalid_request(request: Request, error: Exception) -> Response:
+        assert isinstance(error, RequestValidationError)
+        if framework_prefix and request.url.path.startswith(framework_prefix):
+            return await request_validation_exception_handler(request, error)
+        problems = "; ".join(
+            f"{problem['loc'][-1]}: {problem['msg']}" for problem in error.errors()
+        )
+        return error_response(422, problems)
+
+    return {
+        ClassifierError: classifier_error,
+        HTTPException: http_error,
+        RequestValidationError: invalid_request,
+    }
+
+
+def methods_of(api: FastAPI, request: Request) -> set[str]:
+    """The methods ``api``'s route at this path takes, if it has one there."""
+    for route in api.routes:
+        match, _ = route.matches({**request.scope, "root_path": ""})
+        if match is Match.PARTIAL:
+            return set(getattr(route, "methods", ()))
+    return set()
+
+
+def classification_out(predictions: list[Prediction], model: ModelOut) -> ClassificationOut:
+    return ClassificationOut(
+        predictions=[
+            PredictionOut(label=p.label, index=p.index, probability=p.probability)
+            for p in predictions
+        ],
+        model=model,
+    )
 
 
 def build_api(classifier: Classifier) -> FastAPI:
@@ -145,20 +273,10 @@ def build_api(classifier: Classifier) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-
-    @api.exception_handler(ImageError)
-    @api.exception_handler(BusyError)
-    async def classification_error(request: Request, error: Exception) -> Response:
-        status = next(code for kind, code in STATUS if isinstance(error, kind))
-        headers = {"Retry-After": str(error.retry_after)} if isinstance(error, BusyError) else None
-        return error_response(status, str(error), headers)
-
-    @api.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, error: RequestValidationError) -> Response:
-        problems = "; ".join(
-            f"{problem['loc'][-1]}: {problem['msg']}" for problem in error.errors()
-        )
-        return error_response(422, problems)
+    for kind, handler in error_handlers(api).items():
+        api.add_exception_handler(kind, handler)
+    api.add_middleware(BodyLimit)
+    api.add_middleware(RequestContext)  # outermost: its id is on the others' log lines
 
     @api.post(
         "/classify",
@@ -171,6 +289,7 @@ def build_api(classifier: Classifier) -> FastAPI:
                 (413, "A file or image over the limits"),
                 (415, "Not an image type the app reads"),
                 (422, "A bad `k`"),
+                (500, "A bug: the answer names the request's id, which its log lines carry"),
                 (503, "Saturated or shutting down: retry after `Retry-After` seconds"),
             )
         },
@@ -186,13 +305,7 @@ def build_api(classifier: Classifier) -> FastAPI:
                 predictions = await run_in_threadpool(classifier.classify, upload, k)
             finally:
                 upload.close()
-        return ClassificationOut(
-            predictions=[
-                PredictionOut(label=p.label, index=p.index, probability=p.probability)
-                for p in predictions
-            ],
-            model=model,
-        )
+        return classification_out(predictions, model)
 
     @api.get("/healthz", summary="The process answers")
     async def healthz() -> dict[str, str]:

@@ -16,10 +16,13 @@ import logging
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from classifier.metadata import Verification
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +130,12 @@ def _darwin_flags() -> set[str]:
     return {flag for name, flag in DARWIN_FEATURES.items() if values.get(name, "").strip() == "1"}
 
 
-def verified_cpu_classes(verification: Mapping[str, Any]) -> set[str]:
+def verified_cpu_classes(verification: Verification) -> set[str]:
     """The CPU classes an int8 model's metadata says it passed its agreement check on."""
-    return {
-        entry["cpu_class"] for entry in verification.get("cpus", []) if entry.get("passed") is True
-    }
+    return {entry["cpu_class"] for entry in verification.get("cpus", []) if entry["passed"]}
 
 
-def log_cpu_support(precision: str, verification: Mapping[str, Any]) -> None:
+def log_cpu_support(precision: str, verification: Verification) -> None:
     """Log this CPU's int8-relevant features, and warn when an int8 model was
     not verified on its class: its answers may then differ from float32's."""
     features = CpuFeatures.detect()

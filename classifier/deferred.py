@@ -4,11 +4,19 @@ Gradio imports pandas as it starts (for its DataFrame and plot components
 and example caching); the page uses none of them, yet pandas holds 32 MB,
 6% of a 512 MB dyno. A deferred module is imported for real the first time
 any attribute of it is read, so code that does use it still works.
+
+Not ``importlib.util.LazyLoader``: on Python 3.11 every ``import pandas``
+reads the module's ``__spec__``, and a lazy module loads on any attribute
+read, so Gradio's own ``import pandas as pd`` would load it at once. Here
+the stand-in carries the real spec (found without importing anything), so
+``import`` and ``importlib.util.find_spec`` see an ordinary module, and only
+a read of one of the module's own names imports it.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
 import threading
@@ -38,5 +46,12 @@ class DeferredModule(types.ModuleType):
 
 def defer_import(name: str) -> None:
     """Have ``import name`` give a stand-in that imports the module when first used."""
-    if name not in sys.modules:
-        sys.modules[name] = DeferredModule(name)
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return  # not installed: ``import name`` fails as it would have
+    stand_in = DeferredModule(name)
+    stand_in.__spec__ = spec
+    stand_in.__loader__ = spec.loader
+    sys.modules[name] = stand_in

@@ -16,3 +16,13 @@ class ClassifierError(Exception):
     """The ``outcome`` label of the request counter in ``/metrics``."""
     exit_code: int = 1
     """The exit code of ``convert_model.py`` and ``app.py``."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with the answer (``Retry-After`` on a 503)."""
+        return {}
+
+    @property
+    def server_fault(self) -> bool:
+        """A 500: the server's fault, so its message is logged and the user gets the request id."""
+        return self.status >= 500 and self.status != 503

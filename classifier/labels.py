@@ -11,9 +11,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from classifier.errors import ClassifierError
 
-class LabelsError(ValueError):
+
+class LabelsError(ClassifierError, ValueError):
     """A labels file that cannot label the model's classes; the message says why."""
+
+    exit_code = 8
 
 
 Label = tuple[str, str]

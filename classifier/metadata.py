@@ -5,19 +5,63 @@ input size and preprocessing, the labels, whether the model outputs
 probabilities or logits, and the name to show. So any Keras image classifier
 the converter accepts is served without code changes. It also pins the model
 file by sha256, so a truncated or swapped model is caught before it is served.
+
+The classes are pydantic dataclasses: the file is validated as it is read
+(types, allowed values, required fields), and the converter builds, copies
+(``dataclasses.replace``) and writes (``asdict``) them as plain dataclasses.
+Fields the runtime does not know are ignored, so a newer converter's file
+still loads; a new field is one line here, with a default.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NotRequired, Required  # pydantic needs these on 3.11
+
+from pydantic import ConfigDict, PositiveInt, TypeAdapter, ValidationError, with_config
+from pydantic.dataclasses import dataclass
+from typing_extensions import TypedDict
 
 FORMAT_VERSION = 2
 
 Triple = tuple[float, float, float]
+OPEN = ConfigDict(extra="allow")
+"""For the converter's records: what they hold beyond the fields read here is kept."""
+
+
+@with_config(OPEN)
+class Weights(TypedDict):
+    """Where the weights came from: Keras' ImageNet download, a seed, or a file."""
+
+    source: Literal["imagenet", "random", "file"]
+    seed: NotRequired[int]
+    file: NotRequired[str]
+    sha256: NotRequired[str]
+
+
+@with_config(OPEN)
+class CpuCheck(TypedDict, total=False):
+    """An int8 model's agreement with float32 on one CPU class."""
+
+    cpu_class: Required[str]
+    passed: Required[bool]
+    measured_on: str
+    instruction_sets: list[str]
+
+
+@with_config(OPEN)
+class Verification(TypedDict, total=False):
+    """How the model was checked against its reference (Keras, or float32 for int8)."""
+
+    against: str
+    passed: bool
+    top1_agreement: float
+    max_abs_probability_diff: float
+    cpus: list[CpuCheck]
+    note: str
 
 
 @dataclass(frozen=True)
@@ -59,14 +103,14 @@ class Preprocessing:
     always reads the spec from the model's metadata.
     """
 
-    height: int = 299
-    width: int = 299
-    resize: str = "bilinear"
+    height: PositiveInt = 299
+    width: PositiveInt = 299
+    resize: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = "bilinear"
     mode: str = "tf"
-    channel_order: str = "RGB"
+    channel_order: Literal["RGB", "BGR"] = "RGB"
     mean: Triple = NORMALIZATIONS["tf"].mean
     std: Triple = NORMALIZATIONS["tf"].std
-    layout: str = "NHWC"
+    layout: Literal["NHWC"] = "NHWC"
 
     @classmethod
     def for_mode(cls, mode: str, height: int, width: int) -> Preprocessing:
@@ -84,11 +128,6 @@ class Preprocessing:
             mean=normalization.mean,
             std=normalization.std,
         )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        """The inverse of ``asdict``: JSON lists become the tuples they were."""
-        return cls(**{**data, "mean": tuple(data["mean"]), "std": tuple(data["std"])})
 
 
 @dataclass(frozen=True)
@@ -113,17 +152,17 @@ class ModelMetadata:
     name: str
     architecture: str
     precision: str
-    weights: dict[str, Any]
+    weights: Weights
     input: TensorSpec
     output: TensorSpec
     preprocessing: Preprocessing
     labels_file: str
     opset: int
-    scores: str = "probabilities"
+    scores: Literal["probabilities", "logits"] = "probabilities"
     versions: dict[str, str] = field(default_factory=dict)
-    verification: dict[str, Any] = field(default_factory=dict)
+    verification: Verification = field(default_factory=Verification)
     calibration: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: Literal[2] = FORMAT_VERSION
 
     @property
     def classes(self) -> int:
@@ -131,20 +170,21 @@ class ModelMetadata:
 
     @property
     def weights_source(self) -> str:
-        return str(self.weights.get("source", "unknown"))
+        return self.weights["source"]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> ModelMetadata:
-        data = json.loads(text)
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported metadata format_version {data.get('format_version')!r}")
-        data["input"] = TensorSpec(**data["input"])
-        data["output"] = TensorSpec(**data["output"])
-        data["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
-        return cls(**data)
+        """The metadata in ``text``; ``ValueError`` says, in one line, what is wrong."""
+        try:
+            return TypeAdapter(cls).validate_json(text)
+        except ValidationError as error:
+            problems = error.errors(include_url=False)
+            where = ".".join(str(part) for part in problems[0]["loc"]) or "the file"
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise ValueError(f"{where}: {problems[0]['msg']}{more}") from None
 
 
 def metadata_path_for(model_path: Path) -> Path:

@@ -14,8 +14,7 @@ from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from classifier.admission import BusyError
-from classifier.preprocess import ImageError, ImageTooLargeError, UnsupportedImageError
+from classifier.errors import ClassifierError
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)
 
@@ -43,12 +42,8 @@ WAITING = Gauge("classifier_requests_waiting", "Decodes waiting for the memory b
 BUDGET_IN_USE = Gauge("classifier_memory_budget_in_use_bytes", "Memory budget held by decodes")
 BUDGET_CAPACITY = Gauge("classifier_memory_budget_bytes", "The memory budget for decodes")
 MODEL_INFO = Gauge("classifier_model_info", "The model served", ["name", "precision", "sha256"])
-
-OUTCOMES: tuple[tuple[type[Exception], str], ...] = (
-    (BusyError, "busy"),
-    (ImageTooLargeError, "too_large"),
-    (UnsupportedImageError, "unsupported"),
-    (ImageError, "bad_image"),
+UNEXPECTED_ERRORS = Counter(
+    "classifier_unexpected_errors", "Requests answered 500: a bug, logged with its traceback"
 )
 
 
@@ -78,10 +73,6 @@ CLASSIFYING = InFlight()
 IN_FLIGHT.set_function(lambda: CLASSIFYING.count)
 
 
-def outcome_of(error: Exception) -> str:
-    return next((name for kind, name in OUTCOMES if isinstance(error, kind)), "error")
-
-
 @contextmanager
 def observed(route: str) -> Iterator[None]:
     """Count one classification under ``route``: its outcome, its time, while in flight."""
@@ -91,7 +82,7 @@ def observed(route: str) -> Iterator[None]:
         with CLASSIFYING:
             yield
     except Exception as error:
-        outcome = outcome_of(error)
+        outcome = error.outcome if isinstance(error, ClassifierError) else "error"
         raise
     finally:
         REQUEST_SECONDS.labels(route).observe(time.perf_counter() - start)

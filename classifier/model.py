@@ -24,6 +24,7 @@ from classifier.admission import MemoryBudget
 from classifier.assets import DEFAULT_MODEL_PATH
 from classifier.batching import Batcher
 from classifier.cpu import log_cpu_support
+from classifier.errors import ClassifierError
 from classifier.labels import Label, LabelsError, read_labels
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.preprocess import (
@@ -33,14 +34,17 @@ from classifier.preprocess import (
     ImageSource,
     preprocess,
 )
+from classifier.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 CONVERT_HINT = "run `python convert_model.py` (see the README) to create it"
 
 
-class ModelError(Exception):
+class ModelError(ClassifierError):
     """The model cannot be served; the message says what to do about it."""
+
+    exit_code = 6
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,9 @@ class SessionSettings:
     memory_arena: bool = True
 
     @classmethod
-    def from_env(cls) -> SessionSettings:
+    def of(cls, settings: Settings) -> SessionSettings:
         return cls(
-            intra_op_threads=int(os.environ.get("ORT_INTRA_OP_THREADS", "0")),
-            allow_spinning=_env_flag("ORT_ALLOW_SPINNING", False),
-            memory_arena=_env_flag("ORT_MEMORY_ARENA", True),
+            settings.ort_intra_op_threads, settings.ort_allow_spinning, settings.ort_memory_arena
         )
 
     def session_options(self) -> ort.SessionOptions:
@@ -121,20 +123,13 @@ class AdmissionSettings:
     max_batch: int = 2
 
     @classmethod
-    def from_env(cls) -> AdmissionSettings:
+    def of(cls, settings: Settings) -> AdmissionSettings:
         return cls(
-            memory_budget_mb=int(os.environ.get("MEMORY_BUDGET_MB", cls.memory_budget_mb)),
-            decode_slots=int(os.environ.get("DECODE_SLOTS", 0)) or available_cores(),
-            timeout_s=float(os.environ.get("ADMISSION_TIMEOUT", cls.timeout_s)),
-            max_batch=int(os.environ.get("MAX_BATCH", cls.max_batch)),
+            memory_budget_mb=settings.memory_budget_mb,
+            decode_slots=settings.decode_slots or available_cores(),
+            timeout_s=settings.admission_timeout,
+            max_batch=settings.max_batch,
         )
-
-
-def _env_flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    return value.strip().lower() not in {"0", "false", "no", "off", ""}
 
 
 def release_freed_memory() -> None:
@@ -229,7 +224,7 @@ class Classifier:
         self.labels = load_labels(
             self.model_path.parent / self.metadata.labels_file, self.metadata.classes
         )
-        self.settings = settings or SessionSettings.from_env()
+        self.settings = settings or SessionSettings()
         self.max_pixels = max_pixels
         try:
             self._session = ort.InferenceSession(
@@ -244,7 +239,7 @@ class Classifier:
         self._input_name = self._session.get_inputs()[0].name
         self._settling = ort.RunOptions()
         self._settling.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        admission = admission or AdmissionSettings.from_env()
+        admission = admission or AdmissionSettings()
         self.budget = MemoryBudget(
             admission.memory_budget_mb * MB,
             admission.timeout_s,
@@ -264,9 +259,19 @@ class Classifier:
         log_cpu_support(self.metadata.precision, self.metadata.verification)
 
     @classmethod
+    def from_settings(cls, settings: Settings, warm: bool = True) -> Classifier:
+        """The model and its configuration as the app's settings say."""
+        return cls(
+            settings.model_path,
+            SessionSettings.of(settings),
+            admission=AdmissionSettings.of(settings),
+            warm=warm,
+        )
+
+    @classmethod
     def from_env(cls, warm: bool = True) -> Classifier:
-        """The model named by ``MODEL_PATH`` (default ``models/inception_v3.onnx``)."""
-        return cls(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH, warm=warm)
+        """As the environment says: ``MODEL_PATH`` (default ``models/inception_v3.onnx``)..."""
+        return cls.from_settings(load_settings(), warm)
 
     def warm_up(self) -> None:
         """One run at start, so the first user does not pay for lazy set-up."""

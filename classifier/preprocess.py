@@ -22,10 +22,11 @@ will cost, so callers can admit it against a memory budget first.
 from __future__ import annotations
 
 import io
-import os
+import logging
+import struct
 import warnings
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,7 +34,10 @@ import numpy as np
 import pyvips
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from classifier.errors import ClassifierError
 from classifier.metadata import Preprocessing
+
+log = logging.getLogger(__name__)
 
 ImageSource = str | Path | bytes | BinaryIO | Image.Image
 Admission = Callable[[int], AbstractContextManager[object]]
@@ -93,16 +97,47 @@ _ORIENTATIONS = {
 """EXIF orientation -> the transposition that makes the image upright."""
 
 
-class ImageError(ValueError):
+class ImageError(ClassifierError, ValueError):
     """An input that cannot be classified; the message is meant for the user."""
+
+    status = 400
+    outcome = "bad_image"
 
 
 class ImageTooLargeError(ImageError):
     """An image with more pixels than the configured limit."""
 
+    status = 413
+    outcome = "too_large"
+
 
 class UnsupportedImageError(ImageError):
     """A file that is not an image in a format the app reads."""
+
+    status = 415
+    outcome = "unsupported"
+
+
+CORRUPT = "The image file is truncated or corrupt: it could not be decoded."
+DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, pyvips.Error)
+"""What Pillow's and libvips' decoders raise on a broken file (Pillow's plugins
+use all of these for "this is not what the header promised")."""
+
+
+@contextmanager
+def decoding() -> Iterator[None]:
+    """Around a decoder's own calls only: its failure on the file is the user's 400.
+
+    The decoder's words are for the log; the user reads ``CORRUPT``. Errors
+    raised anywhere else (our own numpy code) stay what they are: a server bug.
+    """
+    try:
+        yield
+    except ImageError:
+        raise
+    except DECODER_ERRORS as error:
+        log.info("Decoder failed: %s: %s", type(error).__name__, error)
+        raise ImageError(CORRUPT) from error
 
 
 def configure_vips(threads: int = 1) -> None:
@@ -132,7 +167,7 @@ VIPS_LOADERS = {
 (JPEG is Pillow's: its draft mode decodes with less memory, and faster.)"""
 JPEG_FORMATS = {"JPEG", "MPO"}
 
-configure_vips(int(os.environ.get("VIPS_THREADS", "1")))
+configure_vips()  # safe for every importer; the app sets its thread count from its settings
 
 
 def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -150,13 +185,18 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(source)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise ImageTooLargeError(f"The image is too large to process: {error}") from error
+            log.info("Decompression bomb refused: %s", error)
+            raise ImageTooLargeError(
+                f"The image is too large: over the limit of {max_pixels / 1e6:g} megapixels. "
+                "Please upload a smaller image."
+            ) from error
         except UnidentifiedImageError as error:
             raise UnsupportedImageError(
                 "The file is not an image that can be read (use JPEG, PNG, GIF, WebP, BMP or TIFF)."
             ) from error
-        except OSError as error:
-            raise ImageError(f"The image could not be read: {error}") from error
+        except DECODER_ERRORS as error:
+            log.info("Header unreadable: %s: %s", type(error).__name__, error)
+            raise ImageError(CORRUPT) from error
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageError(f"The image has no pixels ({width} x {height}).")
@@ -226,14 +266,10 @@ def decode(
     """
     image = open_image(source, max_pixels)
     path = _decode_path(image, source)
-    with admit(decode_cost(image, source)):
-        try:
-            rgb = path(image, source, spec)
-        except ImageError:
-            raise
-        except (OSError, SyntaxError, ValueError, EOFError, pyvips.Error) as error:
-            message = str(error).strip().splitlines()[-1] if str(error).strip() else error
-            raise ImageError(f"The image file is truncated or corrupt ({message}).") from error
+    with decoding():  # the header's fields: a TIFF's tags are parsed when first read
+        cost = decode_cost(image, source)
+    with admit(cost):
+        rgb = path(image, source, spec)
     size = (spec.width, spec.height)
     if rgb.size != size:
         rgb = rgb.resize(size, RESAMPLING[spec.resize])
@@ -256,32 +292,36 @@ def _decode_path(image: Image.Image, source: ImageSource) -> DecodePath:
 
 def _decode_exact(image: Image.Image, source: ImageSource, spec: Preprocessing) -> Image.Image:
     """Keras' own path: the whole image, oriented and made RGB, resized by the caller."""
-    image.seek(0)
-    image.load()
-    return to_rgb(ImageOps.exif_transpose(image))
+    with decoding():
+        image.seek(0)
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+    return to_rgb(upright)
 
 
 def _decode_jpeg_drafted(
     image: Image.Image, source: ImageSource, spec: Preprocessing
 ) -> Image.Image:
     """libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below twice the input size."""
-    image.draft("RGB", (2 * spec.width, 2 * spec.height))
+    with decoding():
+        image.draft("RGB", (2 * spec.width, 2 * spec.height))
     return _decode_exact(image, source, spec)
 
 
 def _decode_with_vips(image: Image.Image, source: ImageSource, spec: Preprocessing) -> Image.Image:
     """libvips shrinks on load to twice the input size, orients, then flattens and converts."""
-    shrunk = pyvips.Image.thumbnail_source(
-        _vips_source(source),
-        2 * spec.width,
-        height=2 * spec.height,
-        size="force",
-        option_string="fail_on=truncated",
-    )
-    srgb = shrunk.colourspace("srgb")
-    if srgb.hasalpha():
-        srgb = srgb.flatten(background=list(_WHITE))
-    pixels = srgb.cast("uchar").write_to_memory()
+    with decoding():
+        shrunk = pyvips.Image.thumbnail_source(
+            _vips_source(source),
+            2 * spec.width,
+            height=2 * spec.height,
+            size="force",
+            option_string="fail_on=truncated",
+        )
+        srgb = shrunk.colourspace("srgb")
+        if srgb.hasalpha():
+            srgb = srgb.flatten(background=list(_WHITE))
+        pixels = srgb.cast("uchar").write_to_memory()
     array = np.frombuffer(pixels, np.uint8).reshape(srgb.height, srgb.width, srgb.bands)
     return Image.fromarray(array[..., :3])
 
@@ -305,8 +345,10 @@ def _decode_in_strips(image: Image.Image, source: ImageSource, spec: Preprocessi
     The reduction factor keeps at least twice the input size; strips are a
     whole number of reduction blocks high, so they join without seams.
     """
-    image.seek(0)
-    image.load()
+    with decoding():
+        image.seek(0)
+        image.load()
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     width, height = image.size
     factor = max(1, min(width // (2 * spec.width), height // (2 * spec.height)))
     rows = factor * max(1, STRIP_ROWS_TARGET // factor)
@@ -314,7 +356,7 @@ def _decode_in_strips(image: Image.Image, source: ImageSource, spec: Preprocessi
     for top in range(0, height, rows):
         strip = to_rgb(image.crop((0, top, width, min(top + rows, height))))
         reduced.paste(strip.reduce(factor), (0, top // factor))
-    transpose = _ORIENTATIONS.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    transpose = _ORIENTATIONS.get(orientation)
     return reduced if transpose is None else reduced.transpose(transpose)
 
 
@@ -343,7 +385,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     try:
         return image.convert("RGB")
     except ValueError as error:
-        raise ImageError(f"Images in mode {mode} are not supported.") from error
+        log.info("Pillow cannot convert mode %s: %s", mode, error)
+        raise ImageError("The image's colour mode is not supported.") from error
 
 
 def _gray_to_rgb(samples: np.ndarray) -> Image.Image:

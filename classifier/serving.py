@@ -12,11 +12,11 @@ import json
 import logging
 import signal
 import threading
-from types import FrameType
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from classifier.internals import HookedSignalServer
 from classifier.metrics import CLASSIFYING
 
 log = logging.getLogger(__name__)
@@ -55,17 +55,30 @@ class Draining:
         await send({"type": "http.response.body", "body": body})
 
 
-class GracefulServer(uvicorn.Server):
+class GracefulServer:
     """uvicorn, draining on the first SIGTERM or SIGINT instead of closing at once."""
 
-    def __init__(self, config: uvicorn.Config, draining: Draining) -> None:
-        super().__init__(config)
-        self.draining = draining
+    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+        self.draining = Draining(app)
+        config = uvicorn.Config(
+            self.draining,
+            host=host,
+            port=port,
+            timeout_graceful_shutdown=CLOSE_TIMEOUT,
+            log_config=None,  # the app's logging, request ids included
+            access_log=False,
+        )
+        self.server = HookedSignalServer(config, on_first_signal=self._drain)
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.draining.started.is_set():
-            super().handle_exit(sig, frame)
-            return
+    def run(self) -> None:
+        """Serve until stopped, then return."""
+        self.server.run()
+
+    def stop(self) -> None:
+        """Stop at once (from any thread), as after a failed warm-up."""
+        self.server.should_exit = True
+
+    def _drain(self, sig: int) -> None:
         log.info("%s: draining, then stopping", signal.Signals(sig).name)
         self.draining.started.set()
         threading.Thread(target=self._exit_when_idle, daemon=True).start()
@@ -75,18 +88,4 @@ class GracefulServer(uvicorn.Server):
             log.warning(
                 "%d classifications still under way after %.0f s", CLASSIFYING.count, DRAIN_TIMEOUT
             )
-        self.should_exit = True
-
-
-def serve(app: ASGIApp, host: str, port: int) -> None:
-    """Serve ``app`` until SIGTERM, then drain and return."""
-    draining = Draining(app)
-    config = uvicorn.Config(
-        draining,
-        host=host,
-        port=port,
-        timeout_graceful_shutdown=CLOSE_TIMEOUT,
-        log_level="info",
-        access_log=False,
-    )
-    GracefulServer(config, draining).run()
+        self.server.should_exit = True

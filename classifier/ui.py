@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import gradio as gr
+from fastapi import FastAPI
 
-from classifier import metrics
-from classifier.admission import BusyError
+from classifier import internals, metrics, request_id
+from classifier.api import error_handlers
+from classifier.errors import ClassifierError
 from classifier.metadata import ModelMetadata
 from classifier.model import Classifier
-from classifier.preprocess import ImageError
+
+log = logging.getLogger(__name__)
 
 TOP_K = 5
 MAX_FILE_SIZE = "20mb"
+GRADIO_API = "/gradio_api/"
+"""Gradio's own protocol: its client reads its errors' ``detail``, so they keep that shape."""
 QUEUE_SIZE = 64
 QUEUE_POLL_S = 0.005
 """How often Gradio's queue looks for new page events. Its default, 1 ms, wakes
@@ -32,16 +38,9 @@ SHOW_ANSWER_JS = (
 
 
 def uploaded_image(**kwargs: object) -> gr.Image:
-    """A ``gr.Image`` that hands the upload's path over undecoded.
-
-    Stock ``gr.Image`` opens every upload with Pillow before our code sees
-    it, so a corrupt file or a decompression bomb would fail inside Gradio,
-    with no message for the user. Our preprocessing checks and decodes it
-    instead. (A subclass would do the same, but Gradio writes a ``.pyi``
-    stub beside the module of every component class it sees.)
-    """
+    """A ``gr.Image`` that hands the upload's path over undecoded, for our decoder to check."""
     image = gr.Image(type="filepath", **kwargs)
-    image.preprocess = lambda payload: None if payload is None else payload.path
+    internals.pass_upload_path(image)
     return image
 
 
@@ -51,7 +50,7 @@ def describe(metadata: ModelMetadata) -> str:
         f"Drop a photo, or pick an example, to see the {min(TOP_K, metadata.classes)} most "
         f"likely of the {metadata.classes} classes {metadata.name} knows."
     )
-    if metadata.weights.get("source") != "random":
+    if metadata.weights_source != "random":
         return intro
     return (
         f"{intro}\n\n> **Demo only: these are random test weights, not trained ones, so the "
@@ -62,17 +61,17 @@ def describe(metadata: ModelMetadata) -> str:
 def provenance(metadata: ModelMetadata) -> str:
     """The model, its weights and how it was checked: below the app, out of a phone's way."""
     weights = metadata.weights
-    if weights.get("source") == "random":
+    if weights["source"] == "random":
         source = f"random test weights (seed {weights.get('seed')})"
-    elif weights.get("source") == "imagenet":
+    elif weights["source"] == "imagenet":
         source = "Keras' ImageNet weights"
     else:
         source = f"`{weights.get('file')}`"
     verification = metadata.verification
     checked = (
-        f" Verified against {verification['against']}: top-1 agreement "
-        f"{verification['top1_agreement']:.0%}, largest probability difference "
-        f"{verification['max_abs_probability_diff']:.1g}."
+        f" Verified against {verification.get('against')}: top-1 agreement "
+        f"{verification.get('top1_agreement', 0):.0%}, largest probability difference "
+        f"{verification.get('max_abs_probability_diff', 1):.1g}."
         if verification.get("passed")
         else ""
     )
@@ -93,16 +92,21 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
     answer on screen (Gradio 6.31's ``scroll_to_output`` does nothing).
     """
 
-    def predict(image_path: str | None) -> dict[str, float]:
+    def predict(image_path: str | None, request: gr.Request) -> dict[str, float]:
+        request_id.current.set(request_id.request_id_from(request.headers.get(request_id.HEADER)))
         if image_path is None:
             raise gr.Error("Please upload an image first.")
         try:
             with metrics.observed("page"):
                 predictions = classifier.classify(image_path, TOP_K)
-        except (ImageError, BusyError) as error:
+        except ClassifierError as error:
+            if error.server_fault:
+                raise internal_error(error) from error
             # The visitor's to fix or to retry: the message stays until closed, and no
             # traceback goes to the server log.
             raise gr.Error(str(error), duration=None, print_exception=False) from error
+        except Exception as error:
+            raise internal_error(error) from error
         return {prediction.label: prediction.probability for prediction in predictions}
 
     metadata = classifier.metadata
@@ -137,7 +141,24 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
                 label.render()
         gr.Markdown(provenance(metadata))
     demo.queue(max_size=QUEUE_SIZE)
-    # Gradio 6.31 has no setting for its queue's polling: its own attributes.
-    demo._queue.sleep_when_free = QUEUE_POLL_S
-    demo._queue.progress_update_sleep_when_free = PROGRESS_POLL_S
+    internals.set_queue_polling(demo, QUEUE_POLL_S, PROGRESS_POLL_S)
     return demo
+
+
+def internal_error(error: Exception) -> gr.Error:
+    """A bug: logged with its traceback and the request id, which is all the visitor sees."""
+    log.error("Unexpected error on the page", exc_info=error)
+    metrics.UNEXPECTED_ERRORS.inc()
+    return gr.Error(request_id.internal_error_message(), duration=None, print_exception=False)
+
+
+def mount(api: FastAPI, demo: gr.Blocks) -> FastAPI:
+    """The page at ``/`` of ``api``; paths it does not know get the API's error shape."""
+    return gr.mount_gradio_app(
+        api,
+        demo,
+        path="/",
+        max_file_size=MAX_FILE_SIZE,
+        show_error=False,
+        app_kwargs={"exception_handlers": error_handlers(api, framework_prefix=GRADIO_API)},
+    )

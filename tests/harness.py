@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +239,15 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 10) ->
                 return
         time.sleep(0.05)
     raise RuntimeError(f"haproxy did not listen on {port} within {timeout} s")
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30, every: float = 0.005) -> None:
+    """Poll ``condition`` until it holds; fail, rather than hang, after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still waiting after {timeout} s for {condition}")
+        time.sleep(every)
 
 
 # --- calling an instance ------------------------------------------------------

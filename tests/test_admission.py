@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import wait_for
 from images import write_truncated_jpeg
 
 from classifier.admission import BusyError, MemoryBudget
@@ -40,12 +41,10 @@ def test_reservations_are_granted_in_arrival_order() -> None:
     # "big" comes first and does not fit while 60 are held; "small" would fit, but waits its turn.
     big = threading.Thread(target=reserve, args=("big", 90))
     big.start()
-    while budget.waiting < 1:
-        time.sleep(0.001)
+    wait_for(lambda: budget.waiting >= 1)
     small = threading.Thread(target=reserve, args=("small", 10))
     small.start()
-    while budget.waiting < 2:
-        time.sleep(0.001)
+    wait_for(lambda: budget.waiting >= 2)
     assert order == []
     leave.set()
     for thread in (holder, big, small):
@@ -143,8 +142,7 @@ def test_batcher_runs_waiting_callers_together_and_answers_each() -> None:
     batcher = Batcher(run, max_batch=8)
     with ThreadPoolExecutor(10) as pool:
         first = pool.submit(batcher, np.array([[0.0]]))
-        while not runs:
-            time.sleep(0.001)
+        wait_for(lambda: runs)
         rest = [pool.submit(batcher, np.array([[float(i)]])) for i in range(1, 10)]
         time.sleep(0.05)  # all nine are waiting for the first run
         gate.set()

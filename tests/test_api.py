@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import CAT_PHOTO, COFFEE_PHOTO
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from gradio_client import Client, handle_file
-from harness import Instance, classify, launch, metric, stop, wait_until_ready
+from gradio_client.exceptions import AppError
+from harness import Instance, classify, launch, metric, stop, wait_for, wait_until_ready
 from images import INVALID, LARGE, write_large_images, write_large_rgba_png
 
 from classifier.model import Classifier
@@ -194,8 +200,11 @@ def test_sigterm_lets_requests_under_way_finish_and_exits_0(
     with ThreadPoolExecutor(4) as pool:
         under_way = [pool.submit(post_to, instance, large) for _ in range(4)]
         with httpx.Client(base_url=instance.url) as watcher:
-            while metric(watcher, "classifier_requests_in_flight") < len(under_way):
-                time.sleep(0.01)
+            wait_for(
+                lambda: metric(watcher, "classifier_requests_in_flight") >= len(under_way),
+                timeout=60,
+                every=0.01,
+            )
         terminated = threading.Thread(target=stop, args=(instance,))
         terminated.start()
         time.sleep(0.2)
@@ -211,8 +220,6 @@ def test_sigterm_lets_requests_under_way_finish_and_exits_0(
 
 def test_readyz_is_503_until_warm_up(model_path: Path) -> None:
     """In process: the API over a classifier not yet warmed up."""
-    from fastapi.testclient import TestClient
-
     from classifier.api import build_api
 
     classifier = Classifier(model_path, warm=False)
@@ -221,3 +228,185 @@ def test_readyz_is_503_until_warm_up(model_path: Path) -> None:
         assert client.get("healthz").status_code == 200
         classifier.warm_up()
         assert client.get("readyz").status_code == 200
+
+
+# --- one shape for every error -------------------------------------------------
+
+
+def assert_error(response: httpx.Response, status: int) -> str:
+    """The answer is ``status`` with ``{"error": message}`` and nothing else; the message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert response.headers["x-request-id"]
+    return body["error"]
+
+
+def test_an_unknown_path_is_a_404_in_the_error_shape(http: httpx.Client) -> None:
+    assert "POST /classify" in assert_error(http.get("no/such/page"), 404)
+
+
+def test_a_wrong_method_is_a_405_with_allow(http: httpx.Client) -> None:
+    response = http.get("classify")
+    assert "use POST" in assert_error(response, 405)
+    assert response.headers["allow"] == "POST"
+
+
+def test_the_page_protocol_keeps_gradios_shape(http: httpx.Client) -> None:
+    """Gradio's client reads ``detail`` from its own endpoints' errors."""
+    assert "detail" in http.get("gradio_api/no-such-endpoint").json()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "content_type"),
+    [
+        (
+            "two files",
+            b"--b\r\nContent-Disposition: form-data; name=file; filename=a.png\r\n\r\nx\r\n"
+            b"--b\r\nContent-Disposition: form-data; name=file; filename=b.png\r\n\r\ny\r\n"
+            b"--b--\r\n",
+            "multipart/form-data; boundary=b",
+        ),
+        ("broken multipart", b"--b\r\ngarbage\r\n\r\n", "multipart/form-data; boundary=b"),
+        ("no boundary", b"--b\r\n\r\n", "multipart/form-data"),
+    ],
+)
+def test_malformed_forms_are_a_400_in_the_error_shape(
+    http: httpx.Client, name: str, content: bytes, content_type: str
+) -> None:
+    response = http.post("classify", content=content, headers={"Content-Type": content_type})
+    assert "multipart form field `file`" in assert_error(response, 400)
+
+
+def test_the_routers_request_id_is_answered_back(http: httpx.Client) -> None:
+    response = classify(http, CAT_PHOTO, k=0)
+    assert len(response.headers["x-request-id"]) == 32  # a new one
+    echoed = http.get("healthz", headers={"X-Request-ID": "f00d-1234"})
+    assert echoed.headers["x-request-id"] == "f00d-1234"
+    assert http.get("no/such", headers={"X-Request-ID": "f00d-5"}).headers["x-request-id"] == (
+        "f00d-5"
+    )
+
+
+LIBRARY_WORDS = (
+    "decoder",
+    "bomb",
+    "DOS",
+    "Truncated File Read",
+    "not processed",
+    "raw mode",
+    "Errno",
+    "libpng",
+    "vips",
+)
+
+
+def write_truncated_large_png(path: Path) -> None:
+    """A 5-megapixel PNG cut short: libvips streams it, and fails on its own words."""
+    from images import gradient
+
+    full = path.with_name("full.png")
+    gradient((2500, 2000)).save(full)
+    path.write_bytes(full.read_bytes()[: full.stat().st_size * 2 // 3])
+
+
+@pytest.mark.parametrize(
+    ("name", "write"),
+    [
+        ("decompression bomb", INVALID["decompression bomb"][1]),
+        ("truncated jpeg", INVALID["truncated jpeg"][1]),
+        ("truncated large png", write_truncated_large_png),
+    ],
+)
+def test_messages_hold_no_library_words_and_no_paths(
+    http: httpx.Client, app_url: str, tmp_path: Path, name: str, write
+) -> None:
+    path = tmp_path / "upload-name.png"
+    write(path)
+    response = classify(http, path)
+    with pytest.raises(AppError) as raised:
+        Client(app_url, verbose=False).predict(handle_file(str(path)), api_name="/predict")
+    for said in (response.json()["error"], str(raised.value)):
+        assert not any(word.lower() in said.lower() for word in LIBRARY_WORDS), said
+        assert "/" not in said, said
+        assert "upload-name" not in said, said
+    assert_error(response, 413 if "bomb" in name else 400)
+
+
+# --- in process: failures the app must never have, forced ----------------------
+
+
+@pytest.fixture(scope="module")
+def api(model_path: Path) -> FastAPI:
+    from classifier.api import build_api
+
+    return build_api(Classifier(model_path))
+
+
+@pytest.fixture(scope="module")
+def in_process(api: FastAPI) -> Iterator[TestClient]:
+    with TestClient(api, raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_a_bug_is_a_500_with_the_request_id_logged_and_counted(
+    in_process: TestClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A programming error inside the decode path is the server's fault, not the file's."""
+    from classifier import preprocess
+    from classifier.request_id import RequestIdFilter
+
+    def broken_to_rgb(image: object) -> object:
+        return np.zeros(3).reshape(2, 2)  # ValueError, as a numpy bug raises
+
+    monkeypatch.setattr(preprocess, "to_rgb", broken_to_rgb)
+    caplog.handler.addFilter(RequestIdFilter())
+    errors_before = metric(
+        in_process, "classifier_requests_total", route="classify", outcome="error"
+    )
+    response = classify(in_process, CAT_PHOTO)
+    request_id = response.headers["x-request-id"]
+    assert assert_error(response, 500) == f"Internal error (request {request_id})."
+    assert metric(in_process, "classifier_requests_total", route="classify", outcome="error") == (
+        errors_before + 1
+    )
+    assert metric(in_process, "classifier_unexpected_errors_total") >= 1
+    (logged,) = [r for r in caplog.records if r.exc_info and r.levelname == "ERROR"]
+    assert logged.request_id == request_id
+    assert "reshape" in str(logged.exc_info[1])
+
+
+def chunked_form(size: int, chunk: int = 64 * 1024) -> tuple[AsyncIterator[bytes], list[int]]:
+    """A form with one file of ``size`` bytes, sent chunk by chunk; and how much was taken."""
+    taken = [0]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        for piece in (head, *(b"\0" * chunk for _ in range(size // chunk)), b"\r\n--b--\r\n"):
+            taken[0] += len(piece)
+            yield piece
+
+    return chunks(), taken
+
+
+@pytest.mark.parametrize("multipart", [True, False], ids=["multipart", "raw"])
+def test_a_60_mb_chunked_upload_is_refused_after_the_limit(api: FastAPI, multipart: bool) -> None:
+    """No Content-Length: the body is counted as it comes, and no more than ~21 MB is read.
+
+    httpx's ASGI transport hands the app each chunk only when the app asks for it, so
+    ``taken`` is exactly what the app read (and so at most what reached the parser or disk).
+    """
+    body, taken = chunked_form(60 * 1024 * 1024)
+    content_type = "multipart/form-data; boundary=b" if multipart else "image/png"
+
+    async def post() -> httpx.Response:
+        transport = httpx.ASGITransport(app=api)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            return await client.post(
+                "/classify", content=body, headers={"Content-Type": content_type}
+            )
+
+    response = asyncio.run(post())
+    assert "20 MB" in assert_error(response, 413)
+    assert taken[0] <= 21 * 1024 * 1024

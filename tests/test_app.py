@@ -138,9 +138,36 @@ def test_missing_model_exits_with_one_clear_line(tmp_path: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert result.returncode == 1
+    assert result.returncode == 6  # ModelError.exit_code, as convert_model.py's
     lines = result.stderr.strip().splitlines()
     assert lines == [
         f"error: Model file {tmp_path / 'missing.onnx'} not found: "
         "run `python convert_model.py` (see the README) to create it."
     ]
+
+
+def test_a_failed_warm_up_ends_the_process_so_heroku_restarts_it(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """A model that loads but cannot run (its metadata says 300 x 300, it takes 299 x 299)."""
+    import json
+    import os
+
+    from harness import launch, stop
+
+    for file in model_path.parent.iterdir():
+        os.link(file, tmp_path / file.name)
+    metadata_path = tmp_path / model_path.with_suffix(".json").name
+    metadata = json.loads(metadata_path.read_text())
+    metadata["preprocessing"].update(height=300, width=300)
+    metadata_path.unlink()  # a linked file: write a new one
+    metadata_path.write_text(json.dumps(metadata))
+    instance = launch(tmp_path / model_path.name, tmp_path / "app.log")
+    try:
+        code = instance.process.wait(timeout=90)
+    finally:
+        stop(instance)
+    log = instance.log.read_text()
+    assert code == 6, log
+    assert "The model's first run failed" in log
+    assert "Traceback" in log

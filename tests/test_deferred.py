@@ -8,11 +8,14 @@ import sys
 from conftest import ROOT
 
 PROBE = """
+import importlib.util
 import sys
 from classifier.deferred import DeferredModule, defer_import
 defer_import("fractions")
 import fractions
 assert isinstance(fractions, DeferredModule), type(fractions)
+assert importlib.util.find_spec("fractions").name == "fractions"  # a library's "is it installed?"
+assert isinstance(sys.modules["fractions"], DeferredModule)  # ... does not import it
 assert "fractions" in sys.modules and isinstance(sys.modules["fractions"], DeferredModule)
 half = fractions.Fraction(1, 2)
 assert half + half == 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -109,6 +111,56 @@ def test_damaged_metadata_is_refused(model_path: Path, tmp_path: Path) -> None:
     metadata_path_for(copy).write_text("{ not json")
     with pytest.raises(ModelError, match="is damaged"):
         Classifier(copy)
+
+
+def tall(metadata: dict) -> None:
+    metadata["preprocessing"]["height"] = "tall"
+
+
+def odds(metadata: dict) -> None:
+    metadata["scores"] = "odds"
+
+
+def no_source(metadata: dict) -> None:
+    metadata["weights"] = {"seed": 0}
+
+
+def next_format(metadata: dict) -> None:
+    metadata["format_version"] = 3
+
+
+@pytest.mark.parametrize(
+    ("edit", "phrase"),
+    [
+        (tall, "preprocessing.height: Input should be a valid integer"),
+        (odds, "scores: Input should be 'probabilities' or 'logits'"),
+        (no_source, "weights.source: Field required"),
+        (next_format, "format_version: Input should be 2"),
+    ],
+)
+def test_metadata_with_a_wrong_field_is_refused_naming_it(
+    model_path: Path, tmp_path: Path, edit: Callable[[dict], None], phrase: str
+) -> None:
+    copy = copy_model(model_path, tmp_path)
+    metadata = json.loads(metadata_path_for(copy).read_text())
+    edit(metadata)
+    metadata_path_for(copy).write_text(json.dumps(metadata))
+    with pytest.raises(ModelError, match=re.escape(phrase)):
+        Classifier(copy)
+
+
+def test_metadata_fields_the_runtime_does_not_know_are_ignored(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """A newer converter's file (a new block, a new verification figure) still loads."""
+    copy = copy_model(model_path, tmp_path)
+    metadata = json.loads(metadata_path_for(copy).read_text())
+    metadata["a_new_block"] = {"enabled": True}
+    metadata["verification"]["a_new_figure"] = 0.5
+    metadata_path_for(copy).write_text(json.dumps(metadata))
+    loaded = Classifier(copy, warm=False).metadata
+    assert loaded.verification["a_new_figure"] == 0.5
+    assert loaded.weights["source"] == "random"
 
 
 def test_model_onnxruntime_cannot_load_is_refused(model_path: Path, tmp_path: Path) -> None:

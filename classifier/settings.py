@@ -1,0 +1,173 @@
+"""The app's settings: environment variables, read and checked once at start.
+
+``Settings`` is the only place the app reads its environment; what it holds
+is passed down from ``app.py``. A value that is not allowed stops the app
+before it binds its port, with one line naming the variable, its value and
+what is allowed. ``python app.py --help`` and the README's table of settings
+(``python -m classifier.settings`` prints it) come from the descriptions here.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from classifier.assets import DEFAULT_MODEL_PATH, ROOT
+from classifier.errors import ClassifierError
+from classifier.preprocess import MB, PROGRESSIVE_JPEG_COST
+
+
+class SettingsError(ClassifierError):
+    """An environment variable with a value the app cannot use."""
+
+    exit_code = 2
+
+
+class Settings(BaseSettings):
+    """Every setting of the app, by its environment variable (upper case)."""
+
+    model_config = SettingsConfigDict(frozen=True, env_ignore_empty=True, extra="ignore")
+
+    model_path: Path = Field(
+        DEFAULT_MODEL_PATH,
+        description="the model to serve; its `.json` and labels sit beside it",
+    )
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="where to listen; `setup.sh` sets `0.0.0.0`"
+    )
+    port: int = Field(
+        7860, ge=1, le=65535, description="the port to listen on; Heroku sets it, as `$PORT`"
+    )
+    memory_budget_mb: int = Field(
+        math.ceil(PROGRESSIVE_JPEG_COST / MB),
+        ge=1,
+        description="memory that decodes may hold at once: one 40-megapixel progressive JPEG",
+    )
+    decode_slots: int = Field(
+        0,
+        ge=0,
+        description="most decodes at once (`0`: one per core): decoding is CPU-bound, and "
+        "each one in flight holds buffers of its own",
+    )
+    admission_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="seconds an upload may wait for memory before a 503 (Heroku's router "
+        "gives up at 30)",
+    )
+    max_batch: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="most images in one model run: a pair costs less per image, which takes "
+        "8 clients to 1.03x (float32) and 1.07x (int8) of the bare model's single-stream "
+        "throughput; while a burst lasts ONNX Runtime's arena holds the largest batch's "
+        "activations (float32: +16 MB for 2 images, +62 MB for 4, +130 MB for 8), handed "
+        "back by the last run before the queue empties",
+    )
+    vips_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="libvips threads per decode (requests already decode side by side)",
+    )
+    ort_intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime threads for one inference (`0`: one per core)"
+    )
+    ort_allow_spinning: bool = Field(
+        False,
+        description="`1` lets ONNX Runtime's idle threads spin: they then take CPU from the "
+        "decodes and HTTP of other requests (8 clients: 11.3 req/s against 13.4 without, "
+        "in an earlier run)",
+    )
+    ort_memory_arena: bool = Field(
+        True,
+        description="ONNX Runtime's arena for activations; `0` saves ~2 MB and costs ~24% "
+        "in latency",
+    )
+    malloc_mmap_threshold_: int = Field(
+        2097152,
+        ge=0,
+        description="read by glibc, set by `setup.sh`: freed blocks of this size and more "
+        "(a large image's decode buffers) go back to the system at once, a lower peak; "
+        "smaller ones stay for the next request (at `131072` every ordinary photo mapped "
+        "~3 MB afresh: ~770 page faults, 3 to 10 ms a classification)",
+    )
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; ``SettingsError`` names every bad one."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(
+            "\n".join(
+                f"{str(problem['loc'][0]).upper()}={problem['input']!r} is not allowed: "
+                f"{allowed(Settings.model_fields[str(problem['loc'][0])])}."
+                for problem in error.errors()
+            )
+        ) from None
+
+
+def allowed(field: FieldInfo) -> str:
+    """What a field takes, in words, from its type and bounds."""
+    if field.annotation is bool:
+        return "1 or 0 (or true/false, yes/no, on/off)"
+    if field.annotation is Path:
+        return "a file path"
+    if field.annotation is str:
+        return "a host name or address"
+    kind = "a whole number" if field.annotation is int else "a number"
+    bounds = {
+        name: getattr(limit, name)
+        for limit in field.metadata
+        for name in ("ge", "le", "gt")
+        if hasattr(limit, name)
+    }
+    if "ge" in bounds and "le" in bounds:
+        return f"{kind} from {bounds['ge']} to {bounds['le']}"
+    if "ge" in bounds:
+        return f"{kind} of at least {bounds['ge']}"
+    if "gt" in bounds:
+        return f"{kind} above {bounds['gt']}"
+    return kind
+
+
+def variables() -> list[tuple[str, str, str]]:
+    """``(variable, default, meaning)`` for every setting, in order."""
+    return [
+        (name.upper(), _shown(field.default), field.description or "")
+        for name, field in Settings.model_fields.items()
+    ]
+
+
+def _shown(default: object) -> str:
+    if isinstance(default, bool):
+        return "1" if default else "0"
+    if isinstance(default, Path) and default.is_relative_to(ROOT):
+        return str(default.relative_to(ROOT))
+    return str(default)
+
+
+def help_text() -> str:
+    """The settings, as ``python app.py --help`` lists them."""
+    return "\n".join(
+        f"  {name} (default {default})\n"
+        + textwrap.fill(meaning, 79, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        for name, default, meaning in variables()
+    )
+
+
+def markdown_table() -> str:
+    """The settings, as the README's table."""
+    rows = [f"| `{name}` | `{default}` | {meaning} |" for name, default, meaning in variables()]
+    return "\n".join(["| variable | default | what |", "|---|---|---|", *rows])
+
+
+if __name__ == "__main__":
+    print(markdown_table())

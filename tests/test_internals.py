@@ -1,0 +1,59 @@
+"""The private Gradio and uvicorn attributes the app reaches into: still there, or it stops."""
+
+from __future__ import annotations
+
+import re
+
+import gradio as gr
+import pytest
+import uvicorn
+from conftest import ROOT
+
+from classifier import internals
+
+
+def test_the_installed_libraries_have_what_the_app_uses() -> None:
+    internals.check()
+
+
+def test_the_verified_versions_are_the_pinned_ones() -> None:
+    """Upgrading a pin means checking classifier/internals.py against the new version."""
+    pins = dict(re.findall(r"^([\w-]+)==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M))
+    assert {name: pins[name] for name in internals.VERIFIED} == internals.VERIFIED
+
+
+@pytest.mark.parametrize(
+    "breaking_upgrade",
+    [
+        "queue polling renamed",
+        "image preprocess signature",
+        "uvicorn handle_exit signature",
+        "uvicorn captured signals",
+    ],
+)
+def test_an_upgrade_that_breaks_an_internal_stops_the_app(
+    breaking_upgrade: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if breaking_upgrade == "queue polling renamed":
+        original = gr.Blocks.queue
+
+        def queue(self: gr.Blocks, *args: object, **kwargs: object) -> gr.Blocks:
+            result = original(self, *args, **kwargs)
+            del self._queue.sleep_when_free
+            return result
+
+        monkeypatch.setattr(gr.Blocks, "queue", queue)
+    elif breaking_upgrade == "image preprocess signature":
+        monkeypatch.setattr(gr.Image, "preprocess", lambda self, payload, extra: None)
+    elif breaking_upgrade == "uvicorn handle_exit signature":
+        monkeypatch.setattr(uvicorn.Server, "handle_exit", lambda self, sig: None)
+    else:
+        original_init = uvicorn.Server.__init__
+
+        def init(self: uvicorn.Server, config: uvicorn.Config) -> None:
+            original_init(self, config)
+            del self._captured_signals
+
+        monkeypatch.setattr(uvicorn.Server, "__init__", init)
+    with pytest.raises(internals.InternalsError, match=r"classifier/internals\.py relies on"):
+        internals.check()
