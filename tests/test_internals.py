@@ -18,7 +18,7 @@ def test_the_installed_libraries_have_what_the_app_uses() -> None:
 
 def test_the_verified_versions_are_the_pinned_ones() -> None:
     """Upgrading a pin means checking classifier/internals.py against the new version."""
-    pins = dict(re.findall(r"^([\w-]+)==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M))
+    pins = dict(re.findall(r"^([\w-]+)==([^\s\\]+)", (ROOT / "requirements.txt").read_text(), re.M))
     assert {name: pins[name] for name in internals.VERIFIED} == internals.VERIFIED
 
 
