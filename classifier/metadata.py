@@ -123,6 +123,8 @@ class ModelMetadata:
     versions: dict[str, str] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
+    in_model_preprocessing: list[dict[str, Any]] = field(default_factory=list)
+    """The Rescaling/Normalization layers the converter found at the model's start."""
     format_version: int = FORMAT_VERSION
 
     @property

@@ -21,14 +21,17 @@ from pathlib import Path
 import numpy as np
 
 from classifier.cpu import CpuFeatures
+from classifier.errors import ClassifierError
 
 QEMU = "qemu-x86_64"
 WORKER = Path(__file__).with_name("emulated_run.py")
 INSTALL_HINT = "install Debian's qemu-user (`apt-get install qemu-user`)"
 
 
-class EmulationError(Exception):
+class EmulationError(ClassifierError):
     """The emulated run could not be made; the message says why."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
