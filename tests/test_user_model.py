@@ -2,7 +2,10 @@
 
 The test trains a small CNN on a few images of three named classes, saves it
 as a ``.keras`` file, converts it with its labels and serves it as Heroku
-does; the page must answer with the model's own labels, as Keras does.
+does; the page must answer with the model's own labels, as Keras does. The
+ways users write classifiers (Sequential with or without ``keras.Input``,
+transfer learning on a frozen base, in-model ``Rescaling`` or
+``Normalization``) each convert and answer as Keras does on real photos.
 """
 
 from __future__ import annotations
@@ -10,18 +13,24 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
-from conftest import CAT_PHOTO, run_converter
+from conftest import CAT_PHOTO, IMAGENET_SAMPLE, ROOT, run_converter
 from gradio_client import Client, handle_file
 from PIL import Image
 
+from classifier.assets import EXAMPLE_PHOTOS
 from classifier.metadata import ModelMetadata, Preprocessing, metadata_path_for
-from classifier.model import Classifier
+from classifier.model import Classifier, softmax
 from classifier.preprocess import preprocess
 
 LABELS = ["red apple", "green leaf", "blue sky"]
@@ -255,12 +264,14 @@ def test_a_model_of_any_size_needs_an_input_size(
     assert_refused(code, 7, capsys, "--input-size")
 
 
-def test_a_keras_file_needs_its_preprocessing_named(user_model: UserModel, tmp_path: Path) -> None:
+def test_a_model_that_does_not_scale_needs_its_preprocessing_named(
+    user_model: UserModel, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(LABELS))
-    with pytest.raises(SystemExit) as exit_info:
-        convert(user_model.keras_file, labels, tmp_path / "t.onnx")
-    assert exit_info.value.code == 2
+    code, _ = convert(user_model.keras_file, labels, tmp_path / "t.onnx", "--input-size", "32")
+    assert_refused(code, 2, capsys, "no Rescaling or Normalization", "--preprocessing")
+    assert not (tmp_path / "t.onnx").exists()
 
 
 def test_name_sets_the_name_the_page_shows(user_model: UserModel, tmp_path: Path) -> None:
@@ -315,3 +326,348 @@ def test_int8_quantization_keeps_the_model_s_name_labels_and_answers(
     int8, float32 = Classifier(int8_model), Classifier(float_model)
     for photo in sorted(photos.iterdir())[1::2]:
         assert int8.classify(photo, k=1)[0].label == float32.classify(photo, k=1)[0].label
+
+
+# --- the ways users write classifiers: each converts and answers as Keras --------
+
+PARITY_SIZE = 48
+SAMPLE_PHOTOS = 8
+
+
+def colour_images(size: int, count: int = 24) -> tuple[np.ndarray, np.ndarray]:
+    """Raw 0..255 training images of the three colours, and their labels."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(count) % 3
+    images = [np.asarray(colour_photo(label, rng).resize((size, size))) for label in labels]
+    return np.stack(images).astype(np.float32), labels
+
+
+def frozen_base() -> object:
+    """A small functional feature extractor, frozen, as a transfer-learning base."""
+    import keras
+
+    inputs = keras.Input((PARITY_SIZE, PARITY_SIZE, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, use_bias=False)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    base = keras.Model(inputs, x, name="base")
+    base.trainable = False
+    return base
+
+
+def cnn_layers() -> list[object]:
+    import keras
+
+    return [
+        keras.layers.Conv2D(8, 3, strides=2, activation="relu"),
+        keras.layers.Conv2D(16, 3, strides=2, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3, activation="softmax"),
+    ]
+
+
+def sequential_built_by_fit() -> object:
+    import keras
+
+    return keras.Sequential(cnn_layers())
+
+
+def sequential_with_input() -> object:
+    import keras
+
+    return keras.Sequential([keras.Input((PARITY_SIZE, PARITY_SIZE, 3)), *cnn_layers()])
+
+
+def sequential_transfer() -> object:
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((PARITY_SIZE, PARITY_SIZE, 3)),
+            keras.layers.Rescaling(1 / 127.5, offset=-1),
+            frozen_base(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+def functional_nested_logits() -> object:
+    import keras
+
+    inputs = keras.Input((PARITY_SIZE, PARITY_SIZE, 3))
+    x = frozen_base()(inputs, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+
+def functional_normalization_first() -> object:
+    import keras
+
+    normalization = keras.layers.Normalization()
+    normalization.adapt(colour_images(PARITY_SIZE)[0])
+    inputs = keras.Input((PARITY_SIZE, PARITY_SIZE, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(normalization(inputs))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+@dataclass(frozen=True)
+class Way:
+    """One way of writing a classifier, and the --preprocessing its user gives."""
+
+    build: Callable[[], object]
+    preprocessing: str | None  # None: left to the converter, which finds the scaling
+    scaling: tuple[str, ...] = ()  # the layers it must find
+
+
+WAYS = {
+    "sequential built by fit": Way(sequential_built_by_fit, "tf"),
+    "sequential with input": Way(sequential_with_input, "tf"),
+    "sequential transfer, rescaling inside": Way(sequential_transfer, None, ("Rescaling",)),
+    "functional nested base, logits": Way(functional_nested_logits, "tf"),
+    "functional normalization first": Way(functional_normalization_first, None, ("Normalization",)),
+}
+
+
+@dataclass(frozen=True)
+class Written:
+    way: Way
+    keras_file: Path
+    model_path: Path
+
+
+def fit_and_save(way: Way, path: Path) -> None:
+    """Fit briefly on raw or ``tf``-scaled colour images, as its user would, and save."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = way.build()
+    images, labels = colour_images(PARITY_SIZE)
+    if way.preprocessing == "tf":
+        images = images / 127.5 - 1
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.02),
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            from_logits=model.layers[-1].activation.__name__ == "linear"
+        ),
+    )
+    model.fit(images, labels, epochs=8, verbose=0)
+    model.save(path)
+
+
+@pytest.fixture(scope="module", params=list(WAYS))
+def written(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Written:
+    way = WAYS[request.param]
+    folder = tmp_path_factory.mktemp("way")
+    keras_file = folder / "own.keras"
+    fit_and_save(way, keras_file)
+    labels = folder / "labels.txt"
+    labels.write_text("\n".join(LABELS) + "\n")
+    model_path = folder / "models" / "own.onnx"
+    extra = ("--preprocessing", way.preprocessing) if way.preprocessing else ()
+    code, stdout = convert(keras_file, labels, model_path, *extra)
+    assert code == 0, stdout
+    return Written(way, keras_file, model_path)
+
+
+def real_photos() -> list[Path]:
+    """The examples, and some ImageNet sample photos where they are present."""
+    return [*EXAMPLE_PHOTOS, *sorted(IMAGENET_SAMPLE.glob("*.JPEG"))[:SAMPLE_PHOTOS]]
+
+
+def keras_probabilities(keras_file: Path, photo: Path, mode: str) -> np.ndarray:
+    """Keras' own pipeline: ``load_img`` (bilinear), ``preprocess_input``, the model."""
+    import keras
+    from keras.applications.imagenet_utils import preprocess_input
+
+    model = keras.saving.load_model(keras_file)
+    image = keras.utils.img_to_array(
+        keras.utils.load_img(
+            photo, target_size=(PARITY_SIZE, PARITY_SIZE), interpolation="bilinear"
+        )
+    )
+    batch = image[None] if mode == "none" else preprocess_input(image[None], mode=mode)
+    scores = np.asarray(model(batch, training=False))[0]
+    return softmax(scores[None])[0] if model.layers[-1].activation.__name__ == "linear" else scores
+
+
+def test_each_way_serves_keras_top3_on_real_photos(written: Written) -> None:
+    mode = written.way.preprocessing or "none"
+    classifier = Classifier(written.model_path)
+    for photo in real_photos():
+        expected = keras_probabilities(written.keras_file, photo, mode)
+        top3 = classifier.classify(photo, k=3)
+        order = np.argsort(expected)[::-1][:3]
+        assert [p.label for p in top3] == [LABELS[i] for i in order], photo.name
+        np.testing.assert_allclose([p.probability for p in top3], expected[order], atol=1e-4)
+
+
+def test_each_way_records_the_scaling_it_found(written: Written) -> None:
+    metadata = ModelMetadata.from_json(metadata_path_for(written.model_path).read_text())
+    found = [layer["type"] for layer in metadata.in_model_preprocessing]
+    assert tuple(found) == written.way.scaling
+    assert metadata.preprocessing.mode == (written.way.preprocessing or "none")
+    assert metadata.verification["passed"] is True
+
+
+# --- preprocessing: scaling found inside the model ------------------------------
+
+
+def test_rescaling_is_found_inside_a_nested_first_block_past_augmentation() -> None:
+    import keras
+
+    from conversion.keras_model import in_model_scaling
+
+    augment = keras.Sequential([keras.layers.RandomFlip(), keras.layers.RandomRotation(0.1)])
+    scale = keras.Sequential([keras.layers.Rescaling(1 / 255)], name="scale")
+    model = keras.Sequential([keras.Input((16, 16, 3)), augment, scale, *cnn_layers()])
+    found = in_model_scaling(model)
+    assert [(layer["type"], layer["scale"]) for layer in found] == [("Rescaling", 1 / 255)]
+    late = keras.Sequential(
+        [keras.Input((16, 16, 3)), *cnn_layers()[:1], keras.layers.Rescaling(2.0)]
+    )
+    assert in_model_scaling(late) == []
+
+
+def test_preprocessing_given_on_a_model_that_scales_warns_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    way = WAYS["sequential transfer, rescaling inside"]
+    keras_file = save(way.build(), tmp_path / "transfer.keras")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(LABELS))
+    code, stdout = convert(keras_file, labels, tmp_path / "t.onnx", "--preprocessing", "tf")
+    err = capsys.readouterr().err
+    assert code == 0, stdout
+    assert err.startswith("warning: the model scales its pixels itself (Rescaling")
+    assert "--preprocessing tf scales them twice" in err
+    assert len(err.strip().splitlines()) == 1
+    metadata = ModelMetadata.from_json(metadata_path_for(tmp_path / "t.onnx").read_text())
+    assert metadata.preprocessing.mode == "tf"  # the user's word stands
+    assert metadata.in_model_preprocessing[0]["scale"] == pytest.approx(1 / 127.5)
+
+
+# --- more that the runtime cannot serve, each one line and an exit code ----------
+
+
+def labels_for(tmp_path: Path, count: int = 3) -> Path:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join("abcdefgh"[:count]))
+    return labels
+
+
+def test_a_model_with_two_outputs_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.Flatten()(inputs)
+    model = keras.Model(inputs, [keras.layers.Dense(3)(features), keras.layers.Dense(2)(features)])
+    code, _ = convert(
+        save(model, tmp_path / "two.keras"),
+        labels_for(tmp_path),
+        tmp_path / "t.onnx",
+        "--preprocessing",
+        "tf",
+    )
+    assert_refused(code, 7, capsys, "2 output(s)", "one output of shape (batch, classes)")
+
+
+def test_a_model_of_grey_images_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import keras
+
+    grey = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    code, _ = convert(
+        save(grey, tmp_path / "grey.keras"),
+        labels_for(tmp_path),
+        tmp_path / "t.onnx",
+        "--preprocessing",
+        "tf",
+    )
+    assert_refused(code, 7, capsys, "(None, 8, 8, 1)", "RGB images")
+
+
+def test_a_file_that_is_not_a_keras_model_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    text = tmp_path / "notes.keras"
+    text.write_text("not a model\n")
+    code, _ = convert(text, labels_for(tmp_path), tmp_path / "t.onnx")
+    assert_refused(code, 7, capsys, "Keras cannot load", "model.save('name.keras')")
+    png = tmp_path / "photo.h5"
+    png.write_bytes(CAT_PHOTO.read_bytes())
+    code, _ = convert(png, labels_for(tmp_path), tmp_path / "t.onnx")
+    assert_refused(code, 7, capsys, "is not a Keras model file (not HDF5")
+
+
+def test_a_weights_only_h5_says_how_to_make_a_model_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    weights = tmp_path / "own.weights.h5"
+    sequential_with_input().save_weights(weights)
+    code, _ = convert(weights, labels_for(tmp_path), tmp_path / "t.onnx")
+    assert_refused(code, 7, capsys, "holds weights only", "model.load_weights('own.weights.h5')")
+
+
+def test_a_full_model_h5_that_keras_loads_converts(tmp_path: Path) -> None:
+    """``model.save("own.h5")``: the legacy full-model format of Keras 2."""
+    keras_file = save(sequential_with_input(), tmp_path / "own.h5")
+    code, stdout = convert(
+        keras_file, labels_for(tmp_path), tmp_path / "own.onnx", "--preprocessing", "tf"
+    )
+    assert code == 0, stdout
+    assert "PASSED" in stdout
+
+
+def test_a_keras_2_h5_that_keras_3_cannot_load_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Keras 2 wrote TensorFlow ops as ``TFOpLambda`` layers, which Keras 3 lacks."""
+    keras_file = save(sequential_with_input(), tmp_path / "keras2.h5")
+    with h5py.File(keras_file, "r+") as file:
+        config = json.loads(file.attrs["model_config"])
+        config["config"]["layers"][1]["class_name"] = "TFOpLambda"
+        file.attrs["model_config"] = json.dumps(config)
+    code, _ = convert(
+        keras_file, labels_for(tmp_path), tmp_path / "t.onnx", "--preprocessing", "tf"
+    )
+    assert_refused(
+        code, 7, capsys, "a Keras 2 model file", "TFOpLambda", "model.load_weights('keras2.h5')"
+    )
+
+
+def test_labels_that_cannot_be_read_are_refused(
+    user_model: UserModel, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\n\na\nb\n")
+    code, _ = convert(
+        user_model.keras_file,
+        labels,
+        tmp_path / "t.onnx",
+        "--preprocessing",
+        "tf",
+        "--input-size",
+        str(SIZE),
+    )
+    assert_refused(code, 8, capsys, "names a more than once")
+
+
+def test_a_refusal_is_one_line_on_stderr_without_a_traceback(tmp_path: Path) -> None:
+    """As a user runs it: TensorFlow loaded, nothing else on stderr."""
+    text = tmp_path / "notes.keras"
+    text.write_text("not a model\n")
+    command = [sys.executable, str(ROOT / "convert_model.py"), "--model", str(text)]
+    command += ["--labels", str(labels_for(tmp_path)), "--output", str(tmp_path / "t.onnx")]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        timeout=300,
+    )
+    assert result.returncode == 7, result.stderr
+    assert result.stderr.startswith("error: Keras cannot load"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
