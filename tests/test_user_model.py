@@ -14,6 +14,8 @@ import contextlib
 import io
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 import urllib.request
@@ -671,3 +673,80 @@ def test_a_refusal_is_one_line_on_stderr_without_a_traceback(tmp_path: Path) -> 
     assert result.returncode == 7, result.stderr
     assert result.stderr.startswith("error: Keras cannot load"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# --- the README's own examples ------------------------------------------------------
+
+FLOWERS = ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+FLOWER_COLOURS = [(230, 230, 230), (240, 220, 40), (200, 30, 40), (250, 150, 20), (150, 40, 160)]
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def code_blocks(section: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", section, re.DOTALL)
+
+
+def write_flowers(folder: Path) -> None:
+    """A folder per class of small noisy photos, each class its own colour."""
+    rng = np.random.default_rng(3)
+    for name, colour in zip(FLOWERS, FLOWER_COLOURS, strict=True):
+        (folder / name).mkdir(parents=True)
+        for index in range(3):
+            noise = rng.integers(-30, 30, (40, 48, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / name / f"{index}.png")
+
+
+def mobilenet_v2_stand_in(input_shape: tuple, include_top: bool, weights: str) -> object:
+    """A small functional base in place of MobileNetV2 with its ImageNet weights,
+    which cannot be downloaded here."""
+    import keras
+
+    assert (include_top, weights) == (False, "imagenet")
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, strides=4, activation="relu")(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    return keras.Model(inputs, x, name="mobilenetv2_stand_in")
+
+
+def test_the_readme_examples_train_convert_and_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keras
+
+    section = readme_section("Serve your own model")
+    examples = code_blocks(section, "python")
+    assert len(examples) == 2, "a Sequential CNN and a transfer-learning example"
+    (command,) = [
+        line
+        for line in code_blocks(section, "bash")[0].splitlines()
+        if line.startswith("python convert_model.py")
+    ]
+    write_flowers(tmp_path / "flowers")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(keras.applications, "MobileNetV2", mobilenet_v2_stand_in)
+    photo = tmp_path / "flowers" / "roses" / "0.png"
+    for number, example in enumerate(examples, 1):
+        exec(compile(example, f"README.md, example {number}", "exec"), {})
+        output = tmp_path / f"example{number}" / "flowers.onnx"
+        with contextlib.redirect_stdout(io.StringIO()) as stdout:
+            code = run_converter(*shlex.split(command)[2:], "--output", str(output))
+        assert code == 0, stdout.getvalue()
+        metadata = ModelMetadata.from_json(metadata_path_for(output).read_text())
+        assert metadata.preprocessing.mode == "none"
+        assert metadata.in_model_preprocessing[0]["type"] == "Rescaling"
+        model = keras.saving.load_model("flowers.keras")
+        size = tuple(model.inputs[0].shape[1:3])
+        image = keras.utils.img_to_array(
+            keras.utils.load_img(photo, target_size=size, interpolation="bilinear")
+        )
+        expected = np.asarray(model(image[None], training=False))[0]
+        top = Classifier(output).classify(photo, k=5)
+        assert sorted(p.label for p in top) == FLOWERS
+        assert top[0].label == FLOWERS[int(expected.argmax())]
+        assert top[0].probability == pytest.approx(float(expected.max()), abs=1e-4)
