@@ -271,8 +271,9 @@ def _graph_ends(model: Any) -> tuple[list[Any], list[Any]]:
         return list(model.inputs), list(model.outputs)
     except (AttributeError, ValueError, TypeError) as error:
         raise UnservableModelError(
-            f"The model {model.name!r} was never built, so its input shape is unknown: "
-            "start it with keras.Input((height, width, 3)), or fit it before saving."
+            f"Keras knows no input shape for the model {model.name!r} (never built, or "
+            "subclassed): write it as a Sequential or functional model that starts with "
+            "keras.Input((height, width, 3)), or fit it before saving."
         ) from error
 
 
@@ -412,7 +413,7 @@ def in_model_scaling(model: Any) -> list[dict[str, Any]]:
     import numpy as np
 
     found = []
-    for layer in _leading_layers(model):
+    for layer in flat_layers(model):
         if isinstance(layer, keras.layers.Rescaling):
             found.append(
                 {
@@ -436,13 +437,14 @@ def in_model_scaling(model: Any) -> list[dict[str, Any]]:
     return found
 
 
-def _leading_layers(model: Any) -> Iterator[Any]:
-    """``model``'s layers from its input on, nested models' layers in place."""
+def flat_layers(model: Any) -> Iterator[Any]:
+    """``model``'s layers from its input on, each nested model's layers in its place:
+    how to find a layer by name wherever it sits (``tapped`` takes it)."""
     import keras
 
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _leading_layers(layer)
+            yield from flat_layers(layer)
         else:
             yield layer
 

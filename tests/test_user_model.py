@@ -514,6 +514,23 @@ def test_each_way_records_the_scaling_it_found(written: Written) -> None:
     assert metadata.verification["passed"] is True
 
 
+def test_tapped_reaches_a_layer_inside_the_nested_base_of_a_sequential_model() -> None:
+    """The one way to Keras' intermediate tensors, for any model Keras can call."""
+    import keras
+
+    from conversion.keras_model import flat_layers, tapped
+
+    model = sequential_transfer()
+    base = model.layers[1]
+    conv = [layer for layer in flat_layers(model) if isinstance(layer, keras.layers.Conv2D)][-1]
+    images = np.random.default_rng(0).uniform(0, 255, (2, PARITY_SIZE, PARITY_SIZE, 3))
+    output, conv_input, conv_output = (np.asarray(t) for t in tapped(model, [conv])(images))
+    np.testing.assert_allclose(output, np.asarray(model(images)), atol=1e-6)
+    inside = keras.Model(base.inputs, [conv.input, conv.output])(images / 127.5 - 1)
+    np.testing.assert_allclose(conv_input, np.asarray(inside[0]), atol=1e-5)
+    np.testing.assert_allclose(conv_output, np.asarray(inside[1]), atol=1e-5)
+
+
 # --- preprocessing: scaling found inside the model ------------------------------
 
 
