@@ -15,11 +15,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # Keep TensorFlow's C++ start-up chatter off the user's terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from typing import Any
 
 from classifier.assets import DEFAULT_MODEL_PATH, EXAMPLE_PHOTOS, LABELS
 from classifier.errors import ClassifierError

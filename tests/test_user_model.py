@@ -34,6 +34,7 @@ from classifier.assets import EXAMPLE_PHOTOS
 from classifier.metadata import ModelMetadata, Preprocessing, metadata_path_for
 from classifier.model import Classifier, softmax
 from classifier.preprocess import preprocess
+from conversion.emulation import qemu_available
 
 LABELS = ["red apple", "green leaf", "blue sky"]
 SIZE = 32
@@ -325,6 +326,9 @@ def test_int8_quantization_keeps_the_model_s_name_labels_and_answers(
     # Compared as the probabilities the app serves, over the model's 3 classes.
     assert 0.0 <= metadata.verification["max_abs_probability_diff"] <= 1.0
     assert metadata.verification["top5_overlap"] == 1.0
+    checked_on = [cpu["measured_on"] for cpu in metadata.verification["cpus"]]
+    assert ("qemu-x86_64 -cpu Haswell" in checked_on) == qemu_available()
+    assert all(cpu["passed"] for cpu in metadata.verification["cpus"])
     int8, float32 = Classifier(int8_model), Classifier(float_model)
     for photo in sorted(photos.iterdir())[1::2]:
         assert int8.classify(photo, k=1)[0].label == float32.classify(photo, k=1)[0].label
