@@ -261,8 +261,15 @@ def interface(model: Any, input_size: tuple[int, int] | None = None) -> Interfac
             f"The model has {len(outputs)} output(s) of shape {shapes}; a classifier has "
             "one output of shape (batch, classes)."
         )
+    classes = int(outputs[0].shape[-1])
+    if classes < 2:
+        raise UnservableModelError(
+            "The model has one output unit (a binary classifier's single score); the "
+            "runtime serves one probability or logit per class: end it in Dense(2) with "
+            "a softmax, or without activation."
+        )
     height, width = _input_size(shape[1], shape[2], input_size)
-    return Interface(height, width, int(outputs[0].shape[-1]), output_scores(model))
+    return Interface(height, width, classes, output_scores(model))
 
 
 def _graph_ends(model: Any) -> tuple[list[Any], list[Any]]:

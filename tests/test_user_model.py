@@ -597,6 +597,24 @@ def test_a_model_with_two_outputs_is_refused(tmp_path: Path, capsys: pytest.Capt
     assert_refused(code, 7, capsys, "2 output(s)", "one output of shape (batch, classes)")
 
 
+def test_a_binary_classifier_with_one_score_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import keras
+
+    binary = keras.Sequential(
+        [keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    code, _ = convert(
+        save(binary, tmp_path / "binary.keras"),
+        labels_for(tmp_path, 2),
+        tmp_path / "t.onnx",
+        "--preprocessing",
+        "tf",
+    )
+    assert_refused(code, 7, capsys, "one output unit", "Dense(2)")
+
+
 def test_a_model_of_grey_images_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import keras
 
