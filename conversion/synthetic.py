@@ -51,6 +51,21 @@ def _median_top_probability(logits: np.ndarray) -> float:
     return float(np.median(shifted.max(axis=1) / shifted.sum(axis=1)))
 
 
+def _scale_to(logits: np.ndarray, confidence: float) -> float:
+    """The factor on ``logits`` at which the median top probability is ``confidence``."""
+    low, high = 0.0, 1.0
+    while _median_top_probability(logits * high) < confidence:
+        low, high = high, high * 2.0
+    for _ in range(40):  # bisection: the median top probability grows with the scale
+        middle = (low + high) / 2
+        low, high = (
+            (middle, high)
+            if _median_top_probability(logits * middle) < confidence
+            else (low, middle)
+        )
+    return high
+
+
 def write_confident_weights(
     path: Path,
     seed: int = 0,
@@ -110,10 +125,7 @@ def write_prototype_weights(
     prototypes = centred / np.linalg.norm(centred, axis=1, keepdims=True)
     kernel = np.zeros((features.shape[1], shape.classes), np.float32)
     kernel[:, list(photos.values())] = prototypes.T
-    logits = centred @ kernel
-    scale = 1.0
-    while _median_top_probability(logits * scale) < confidence:
-        scale *= 1.25
+    scale = _scale_to(centred @ kernel, confidence)
     kernel *= scale
     layer.set_weights([kernel, (-mean @ kernel).astype(np.float32)])
     model.save_weights(path)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import CAT_PHOTO, IMAGENET_SAMPLE, imagenet_sample_photos, run_converter
+from conftest import IMAGENET_SAMPLE, imagenet_sample_photos, run_converter
 from PIL import Image
 
 from classifier import cpu
@@ -110,7 +110,7 @@ def test_the_test_model_is_decided_about_every_photo(quantized: Quantized) -> No
     )
     assert [int(row.argmax()) for row in outputs] == [classes[photo] for photo in photos]
     best = np.sort(outputs, axis=1)
-    assert np.median(best[:, -1]) == pytest.approx(0.8, abs=0.1)
+    assert np.median(best[:, -1]) == pytest.approx(0.8, abs=0.02)
 
 
 def test_int8_model_is_written_with_its_metadata(quantized: Quantized) -> None:
@@ -159,6 +159,11 @@ def test_int8_model_agrees_with_float32_as_an_avx2_cpu(quantized: Quantized) -> 
 
 
 @needs_qemu
+@pytest.mark.skipif(
+    CpuFeatures.detect().cpu_class != cpu.X86_VNNI,
+    reason="this CPU has no VNNI: the 8-bit model saturates here as on Haswell, so the "
+    "two CPUs agree and there is no difference to catch",
+)
 def test_the_emulated_check_refuses_the_old_8_bit_model(quantized: Quantized) -> None:
     """uint8 x int8 with 8-bit weights, as before: VNNI computes it exactly,
     but an AVX2 CPU without VNNI saturates, and the check must say so."""
@@ -199,11 +204,12 @@ def test_int8_model_holds_quantized_weights(quantized: Quantized) -> None:
 def test_the_app_api_serves_the_int8_model(quantized: Quantized) -> None:
     int8 = Classifier(quantized.int8_model)
     assert int8.metadata.precision == "int8"
-    top = int8.classify(CAT_PHOTO)
-    reference = Classifier(quantized.float_model).classify(CAT_PHOTO)
+    photo = quantized.verification[0]
+    top = int8.classify(photo)
+    reference = Classifier(quantized.float_model).classify(photo)
     assert len(top) == 5
-    assert top[0].probability > 0.3  # the confident test model is confident
-    assert top[0].index == reference[0].index
+    assert top[0].probability > 0.3  # the test model is confident about the shared photos
+    assert top[0].index == reference[0].index == labelled_photos(IMAGENET_SAMPLE)[photo]
 
 
 def test_disagreeing_int8_model_is_refused_and_nothing_is_kept(
