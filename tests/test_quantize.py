@@ -204,12 +204,14 @@ def test_int8_model_holds_quantized_weights(quantized: Quantized) -> None:
 def test_the_app_api_serves_the_int8_model(quantized: Quantized) -> None:
     int8 = Classifier(quantized.int8_model)
     assert int8.metadata.precision == "int8"
-    photo = quantized.verification[0]
-    top = int8.classify(photo)
-    reference = Classifier(quantized.float_model).classify(photo)
-    assert len(top) == 5
-    assert top[0].probability > 0.3  # the test model is confident about the shared photos
-    assert top[0].index == reference[0].index == labelled_photos(IMAGENET_SAMPLE)[photo]
+    photos = quantized.verification[:5]
+    answers = [int8.classify(photo) for photo in photos]
+    assert all(len(top) == 5 for top in answers)
+    # The test model puts each shared photo's own class on top, confidently.
+    assert [top[0].index for top in answers] == [
+        labelled_photos(IMAGENET_SAMPLE)[p] for p in photos
+    ]
+    assert np.median([top[0].probability for top in answers]) > 0.5
 
 
 def test_disagreeing_int8_model_is_refused_and_nothing_is_kept(
