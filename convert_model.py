@@ -15,11 +15,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 # Keep TensorFlow's C++ start-up chatter off the user's terminal.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from classifier.assets import DEFAULT_MODEL_PATH, EXAMPLE_PHOTOS, LABELS
+from classifier.errors import ClassifierError
 from classifier.labels import LabelsError, read_labels
 from classifier.metadata import NORMALIZATIONS, Preprocessing
 from classifier.model import ModelError, load_metadata
@@ -28,10 +30,13 @@ from conversion.export import DEFAULT_OPSET
 from conversion.keras_model import (
     DEFAULT_FAMILY,
     FAMILIES,
+    MODEL_SUFFIXES,
     UnservableModelError,
     WeightsError,
     WeightsSource,
+    describe_scaling,
     file_stem,
+    one_line,
 )
 from conversion.metadata import int8_metadata, model_metadata
 from conversion.quantize import SCHEMES, CalibrationError
@@ -42,23 +47,55 @@ DEFAULT_EMULATED_PHOTOS = 8
 DEFAULT_MAX_CPU_DIFFERENCE = 0.01
 
 
-class VerificationError(Exception):
+class VerificationError(ClassifierError):
     """A model does not answer as its reference does; nothing was written."""
 
+    exit_code = 1
 
-EXIT_CODES: dict[type[Exception], int] = {
-    VerificationError: 1,
-    WeightsError: 3,
-    OutputError: 4,
-    CalibrationError: 5,
-    ModelError: 6,
-    UnservableModelError: 7,
-    LabelsError: 8,
-}
+
+class PreprocessingError(ClassifierError):
+    """The model does not scale its pixels itself and --preprocessing is missing."""
+
+    exit_code = 2
+
+
+class DamagedModelError(ClassifierError):
+    """The float32 model to quantize is missing or damaged."""
+
+    exit_code = 6
+
+
+class UnfitLabelsError(ClassifierError):
+    """The labels do not fit the model."""
+
+    exit_code = 8
+
+
+REFUSALS: tuple[type[ClassifierError], ...] = (
+    VerificationError,
+    PreprocessingError,
+    WeightsError,
+    OutputError,
+    CalibrationError,
+    DamagedModelError,
+    UnservableModelError,
+    UnfitLabelsError,
+)
+"""The converter's errors, for --help; each carries its own exit code."""
+
+
+def exit_codes() -> str:
+    """``--help``'s list of exit codes, from the error classes themselves."""
+    meanings = {0: "written and verified", 2: "bad arguments"}
+    for error in REFUSALS:
+        meaning = (error.__doc__ or "").split(";")[0].rstrip(".")
+        meanings.setdefault(error.exit_code, meaning[:1].lower() + meaning[1:])
+    return "; ".join(f"{code} {meaning}" for code, meaning in sorted(meanings.items()))
 
 
 def is_keras_file(model: str) -> bool:
-    return model.endswith(".keras")
+    """``--model`` names a file (a user's model), not a keras.applications family."""
+    return model.lower().endswith(MODEL_SUFFIXES) or Path(model).exists()
 
 
 def input_size(text: str) -> tuple[int, int]:
@@ -76,20 +113,15 @@ def input_size(text: str) -> tuple[int, int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog=(
-            "Exit codes: 0 written and verified; 1 verification failed (nothing "
-            "written); 2 bad arguments; 3 weights unavailable or invalid; "
-            "4 output folder not writable; 5 calibration photos unusable; "
-            "6 the float32 model to quantize is damaged; 7 the model is not an image "
-            "classifier the app can serve; 8 the labels do not fit the model."
-        ),
+        epilog=f"Exit codes: {exit_codes()}.",
     )
     parser.add_argument(
         "--model",
         default=DEFAULT_FAMILY,
         metavar="NAME|PATH",
         help=f"a keras.applications classifier ({DEFAULT_FAMILY}, the default; any of "
-        f"{', '.join(sorted(FAMILIES))}) or the PATH of your own trained .keras model",
+        f"{', '.join(sorted(FAMILIES))}) or the PATH of your own trained model: a .keras "
+        "file, or a Keras 2 full-model .h5 that Keras 3 can still load",
     )
     parser.add_argument(
         "--weights",
@@ -118,10 +150,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--preprocessing",
         choices=list(NORMALIZATIONS),
-        help="for a .keras model (required): how its training images were scaled, as "
-        "in keras.applications' preprocess_input: tf (x/127.5 - 1), caffe (BGR minus "
+        help="for your own model: how its training images were scaled, as in "
+        "keras.applications' preprocess_input: tf (x/127.5 - 1), caffe (BGR minus "
         "ImageNet's mean), torch (x/255, ImageNet's mean and std) or none (raw 0..255, "
-        "the model scales them itself)",
+        "the model scales them itself). Default: none where the model starts with a "
+        "Rescaling or Normalization layer (also inside a nested first block); "
+        "required otherwise",
     )
     parser.add_argument(
         "--input-size",
@@ -229,14 +263,9 @@ def check_keras_file_args(parser: argparse.ArgumentParser, args: argparse.Namesp
     if not Path(args.model).is_file():
         parser.error(f"model file {args.model} not found")
     if args.labels is None:
-        parser.error("a .keras model needs --labels PATH: its class names, one per line")
-    if args.preprocessing is None:
-        parser.error(
-            "a .keras model needs --preprocessing tf|caffe|torch|none: how its training "
-            "images were scaled"
-        )
+        parser.error("your own model needs --labels PATH: its class names, one per line")
     if args.weights is not None:
-        parser.error("--weights is for keras.applications models; a .keras file holds its own")
+        parser.error("--weights is for keras.applications models; a model file holds its own")
 
 
 def check_application_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -263,7 +292,7 @@ def step(title: str) -> Iterator[None]:
 def convert(args: argparse.Namespace) -> None:
     """Build, convert, verify, then write; nothing is written unless verified."""
     from conversion.export import to_onnx
-    from conversion.keras_model import build_model, interface, load_keras_file
+    from conversion.keras_model import build_model, in_model_scaling, interface, load_keras_file
     from conversion.verify import check_parity, verification_inputs
 
     check_writable(args.output.parent)
@@ -271,11 +300,14 @@ def convert(args: argparse.Namespace) -> None:
         weights = WeightsSource("file", path=Path(args.model))
         with step(f"Loading {args.model}"):
             keras_model = load_keras_file(Path(args.model))
-        name, architecture, mode = Path(args.model).stem, keras_model.name, args.preprocessing
+        scaling = in_model_scaling(keras_model)
+        name, architecture = Path(args.model).stem, keras_model.name
+        mode = choose_preprocessing(args.preprocessing, scaling)
     else:
         weights = WeightsSource.parse(args.weights, args.seed)
         with step(f"Building {args.model} with {args.weights} weights"):
             keras_model = build_model(weights, args.model)
+        scaling = in_model_scaling(keras_model)
         name, architecture, mode = args.model, args.model, FAMILIES[args.model].mode
     shape = interface(keras_model, args.input_size)
     check_labels(args.labels, shape.classes)
@@ -304,6 +336,7 @@ def convert(args: argparse.Namespace) -> None:
             labels_file=shipped_labels_name(args.labels, args.output),
             opset=args.opset,
             report=report,
+            in_model_preprocessing=scaling,
         )
         publish(args.output, model_bytes, metadata, args.labels.read_bytes())
     print(
@@ -311,11 +344,38 @@ def convert(args: argparse.Namespace) -> None:
     )
 
 
+def choose_preprocessing(given: str | None, scaling: list[dict[str, Any]]) -> str:
+    """The preprocessing mode for a user's model: ``given``, or ``none`` where the
+    model scales its pixels itself; warns where ``given`` would scale them twice."""
+    if scaling and given not in (None, "none"):
+        print(
+            f"warning: the model scales its pixels itself ({describe_scaling(scaling)}), "
+            f"so --preprocessing {given} scales them twice; leave it out unless the "
+            "training images were scaled twice too.",
+            file=sys.stderr,
+        )
+    if given is not None:
+        return given
+    if not scaling:
+        raise PreprocessingError(
+            "The model does not scale its pixels itself (no Rescaling or Normalization "
+            "layer at its start): give --preprocessing tf|caffe|torch|none, how its "
+            "training images were scaled."
+        )
+    print(
+        f"  Preprocessing: none, the model scales its pixels itself ({describe_scaling(scaling)})"
+    )
+    return "none"
+
+
 def check_labels(path: Path, classes: int) -> None:
     """Refuse labels that are not one for each of the model's classes."""
-    labels = read_labels(path)
+    try:
+        labels = read_labels(path)
+    except LabelsError as error:
+        raise UnfitLabelsError(str(error)) from error
     if len(labels) != classes:
-        raise LabelsError(
+        raise UnfitLabelsError(
             f"Labels file {path} has {len(labels)} labels, but the model has {classes} "
             "classes: give one label per class, in the order of the model's outputs."
         )
@@ -335,7 +395,10 @@ def quantize(args: argparse.Namespace) -> None:
     from conversion.emulation import PORTABLE_CHECKS, EmulationError, unavailable
     from conversion.quantize import Int8Verification, Verifier, quantize_int8, split_photos
 
-    float_metadata = load_metadata(args.output)
+    try:
+        float_metadata = load_metadata(args.output)
+    except ModelError as error:
+        raise DamagedModelError(str(error)) from error
     scheme = SCHEMES[args.int8_scheme]
     print(f"Quantizing {args.output} (weights: {float_metadata.weights_source})")
     spec = float_metadata.preprocessing
@@ -396,9 +459,9 @@ def main(argv: list[str] | None = None) -> int:
             convert(args)
         if args.quantize:
             quantize(args)
-    except tuple(EXIT_CODES) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_CODES[type(error)]
+    except ClassifierError as error:
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
+        return error.exit_code
     return 0
 
 

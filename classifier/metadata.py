@@ -162,6 +162,8 @@ class ModelMetadata:
     versions: dict[str, str] = field(default_factory=dict)
     verification: Verification = field(default_factory=Verification)
     calibration: dict[str, Any] = field(default_factory=dict)
+    in_model_preprocessing: list[dict[str, Any]] = field(default_factory=list)
+    """The Rescaling/Normalization layers the converter found at the model's start."""
     format_version: Literal[2] = FORMAT_VERSION
 
     @property

@@ -32,6 +32,7 @@ import numpy as np
 
 from classifier.assets import ROOT
 from classifier.cpu import CpuFeatures
+from classifier.errors import ClassifierError
 
 WORKER = Path(__file__).with_name("emulated_run.py")
 INSTALL_HINT = "install Debian's qemu-user (`apt-get install qemu-user`)"
@@ -41,8 +42,10 @@ ARM64_PYTHON = "usr/bin/python3.11"
 ARM64_HINT = "prepare it with `make arm64-root`"
 
 
-class EmulationError(Exception):
+class EmulationError(ClassifierError):
     """The emulated run could not be made; the message says why."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -2,29 +2,39 @@
 
 Two sources: one of ``keras.applications``' ImageNet classifiers, with the
 weights the user asked for, or the user's own trained model, a ``.keras``
-file. Either way the model must be something the runtime can serve: one RGB
-image input, one ``(batch, classes)`` output of probabilities or logits.
+file (or a full-model ``.h5`` that Keras 3 still loads), Sequential or
+functional. Either way the model must be something the runtime can serve:
+one RGB image input, one ``(batch, classes)`` output of probabilities or
+logits.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from classifier.errors import ClassifierError
 from classifier.metadata import sha256_of
 
 DEFAULT_FAMILY = "InceptionV3"
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+"""The files ``--model`` takes as a user's own model."""
 
 
-class WeightsError(Exception):
-    """The weights cannot be had or do not fit; the message says what to do."""
+class WeightsError(ClassifierError):
+    """The weights are unavailable or do not fit the model."""
+
+    exit_code = 3
 
 
-class UnservableModelError(Exception):
-    """The Keras model is not an image classifier the runtime can serve."""
+class UnservableModelError(ClassifierError):
+    """The model is not a Keras image classifier the app can serve."""
+
+    exit_code = 7
 
 
 @dataclass(frozen=True)
@@ -164,18 +174,58 @@ def _build_with_imagenet_weights(constructor: Any, options: dict[str, Any]) -> A
 
 
 def load_keras_file(path: Path) -> Any:
-    """A user's trained model from a ``.keras`` file, for inference."""
+    """A user's trained model, for inference: a ``.keras`` file, or a full-model
+    ``.h5`` (Keras 2's format) where Keras 3 can still read it."""
     import keras
 
     keras.backend.clear_session()
+    if path.is_dir():
+        raise UnservableModelError(
+            f"{path} is a folder (a TensorFlow SavedModel?), not a Keras model file: load "
+            "the model where it was trained and save it with model.save('name.keras')."
+        )
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        _check_full_model_h5(path)
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many kinds, custom layers' own among them
+        reason = one_line(f"{type(error).__name__}: {error}")
+        if path.suffix.lower() != ".keras":
+            raise UnservableModelError(
+                f"Keras {keras.__version__} cannot load {path}, a Keras 2 model file "
+                f"({reason}). Save it as .keras where it was trained (TensorFlow 2.13 to "
+                "2.15: model.save('name.keras')), or build the model in Keras 3 code, "
+                f"call model.load_weights('{path.name}') and model.save('name.keras')."
+            ) from error
         raise UnservableModelError(
-            f"Keras cannot load {path} ({type(error).__name__}: {error}). It must be a "
-            "model saved with model.save('name.keras') and, if it uses custom layers, "
-            "registered with @keras.saving.register_keras_serializable."
+            f"Keras cannot load {path} ({reason}). It must be a model saved with "
+            "model.save('name.keras') and, if it uses custom layers, registered with "
+            "@keras.saving.register_keras_serializable."
         ) from error
+
+
+def _check_full_model_h5(path: Path) -> None:
+    """Refuse an ``.h5`` that is not HDF5 or holds weights only, saying what to do."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            has_model = "model_config" in file.attrs
+    except OSError as error:
+        raise UnservableModelError(
+            f"{path} is not a Keras model file (not HDF5: {one_line(str(error))}); give "
+            "the .keras file that model.save('name.keras') writes."
+        ) from error
+    if not has_model:
+        raise UnservableModelError(
+            f"{path} holds weights only, no model (save_weights wrote it): build the model "
+            f"in code, call model.load_weights('{path.name}'), then model.save('name.keras')."
+        )
+
+
+def one_line(text: str) -> str:
+    """A library's message on one line, for a one-line refusal."""
+    return " ".join(text.split())
 
 
 @dataclass(frozen=True)
@@ -193,25 +243,45 @@ def interface(model: Any, input_size: tuple[int, int] | None = None) -> Interfac
 
     ``input_size`` (height, width) is needed where the model accepts any size.
     """
-    if len(model.inputs) != 1:
+    inputs, outputs = _graph_ends(model)
+    if len(inputs) != 1:
         raise UnservableModelError(
-            f"The model has {len(model.inputs)} inputs; the runtime feeds an image "
+            f"The model has {len(inputs)} inputs; the runtime feeds an image "
             "classifier one input, a batch of RGB images."
         )
-    shape = tuple(model.inputs[0].shape)
+    shape = tuple(inputs[0].shape)
     if len(shape) != 4 or shape[-1] != 3:
         raise UnservableModelError(
             f"The model's input has shape {shape}; an image classifier takes "
             "(batch, height, width, 3): RGB images, channels last."
         )
-    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
-        shapes = ", ".join(str(tuple(output.shape)) for output in model.outputs)
+    if len(outputs) != 1 or len(outputs[0].shape) != 2:
+        shapes = ", ".join(str(tuple(output.shape)) for output in outputs)
         raise UnservableModelError(
-            f"The model's output has shape {shapes}; a classifier has one output of "
-            "shape (batch, classes)."
+            f"The model has {len(outputs)} output(s) of shape {shapes}; a classifier has "
+            "one output of shape (batch, classes)."
+        )
+    classes = int(outputs[0].shape[-1])
+    if classes < 2:
+        raise UnservableModelError(
+            "The model has one output unit (a binary classifier's single score); the "
+            "runtime serves one probability or logit per class: end it in Dense(2) with "
+            "a softmax, or without activation."
         )
     height, width = _input_size(shape[1], shape[2], input_size)
-    return Interface(height, width, int(model.outputs[0].shape[-1]), output_scores(model))
+    return Interface(height, width, classes, output_scores(model))
+
+
+def _graph_ends(model: Any) -> tuple[list[Any], list[Any]]:
+    """The model's symbolic inputs and outputs; a model never built has none."""
+    try:
+        return list(model.inputs), list(model.outputs)
+    except (AttributeError, ValueError, TypeError) as error:
+        raise UnservableModelError(
+            f"Keras knows no input shape for the model {model.name!r} (never built, or "
+            "subclassed): write it as a Sequential or functional model that starts with "
+            "keras.Input((height, width, 3)), or fit it before saving."
+        ) from error
 
 
 def _input_size(
@@ -233,10 +303,13 @@ def _input_size(
 
 
 def head(model: Any) -> tuple[Any, str | None]:
-    """The model's last layer and its activation's name (None if it has none)."""
+    """The model's last layer (inside a nested model that ends it) and its
+    activation's name (None if it has none)."""
     import keras
 
     layer = model.layers[-1]
+    while isinstance(layer, keras.Model):
+        layer = layer.layers[-1]
     if isinstance(layer, keras.layers.Softmax):
         return layer, "softmax"
     activation = getattr(layer, "activation", None)
@@ -262,6 +335,140 @@ def output_scores(model: Any) -> str:
     ending = f"{type(layer).__name__} layer {layer.name!r}"
     raise UnservableModelError(
         f"The model ends in {ending}{f' with {activation}' if activation else ''}; the "
-        "runtime serves a final softmax (probabilities) or a final Dense layer without "
-        "activation (logits)."
+        "runtime serves one probability or logit per class: a final softmax "
+        "(probabilities) or a final Dense layer without activation (logits)."
     )
+
+
+def tapped(model: Any, layers: Sequence[Any]) -> Any:
+    """A functional model over ``model``'s own layers (weights shared) whose outputs
+    are ``model``'s output, then each of ``layers``' input and output, in order.
+
+    It is built by calling the layers anew on a fresh ``keras.Input``, looking
+    into nested models (a frozen base), so it works for any model Keras can
+    call: Sequential ones too, built by ``fit``, whose ``model.input`` does not
+    exist. ``layers`` may sit inside nested models; each must be called once.
+    """
+    import keras
+
+    found: list[Any] = []
+    graph = _tapped_graph(model, {id(layer) for layer in layers}, found)
+    outputs = len(graph.outputs) - 2 * len(found)
+    if outputs != 1:
+        raise UnservableModelError(f"The model has {outputs} outputs; a classifier has one.")
+    missing = [layer.name for layer in layers if layer not in found]
+    if missing:
+        raise ValueError(f"layers {missing} are not on the model's path from input to output")
+    at = {id(layer): 1 + 2 * index for index, layer in enumerate(found)}
+    taps = [graph.outputs[at[id(layer)] + side] for layer in layers for side in (0, 1)]
+    return keras.Model(graph.input, [graph.outputs[0], *taps], name=model.name)
+
+
+def _tapped_graph(model: Any, wanted: set[int], found: list[Any]) -> Any:
+    """``model`` rebuilt on fresh inputs, its outputs followed by the input and
+    output of each wanted layer met on the way (appended to ``found``)."""
+    import keras
+
+    taps: list[Any] = []
+
+    def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
+        if _is_graph(layer):
+            # A nested model: rebuilt too, so that layers inside it can be tapped.
+            nested = _tapped_graph(layer, wanted, found)
+            results = nested(*args)
+            results = results if isinstance(results, list | tuple) else [results]
+            outputs = len(layer.outputs)
+            taps.extend(results[outputs:])
+            output = results[:outputs]
+            return output[0] if outputs == 1 else output
+        output = layer(*args, **kwargs)
+        if id(layer) in wanted:
+            found.append(layer)
+            taps.extend([args[0], output])
+        return output
+
+    if isinstance(model, keras.Sequential):
+        inputs, _ = _graph_ends(model)
+        fresh = keras.Input(batch_shape=tuple(inputs[0].shape), dtype=inputs[0].dtype)
+        output = fresh
+        for layer in model.layers:
+            output = call(layer, output)
+        return keras.Model(fresh, [output, *taps])
+    # Sharing each layer (clone_function) while calling it through ``call``.
+    clone = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+    return keras.Model(clone.input, [*clone.outputs, *taps])
+
+
+def _is_graph(layer: Any) -> bool:
+    """A Sequential or functional model, whose layers can be called one by one."""
+    import keras
+
+    functional = isinstance(layer, keras.Model) and hasattr(layer, "_run_through_graph")
+    return isinstance(layer, keras.Sequential) or functional
+
+
+# Layers that keep pixel values at inference: augmentation, and resizing.
+_PASS_THROUGH_PREFIXES = ("Random", "Resizing", "CenterCrop", "InputLayer", "Dropout")
+
+
+def in_model_scaling(model: Any) -> list[dict[str, Any]]:
+    """The ``Rescaling`` and ``Normalization`` layers that start ``model``, as the
+    metadata records them: its first layers, past augmentation and resizing,
+    and inside a nested first block (a base model, a preprocessing Sequential).
+    A model that scales its pixels itself takes raw 0..255 pixels."""
+    import keras
+    import numpy as np
+
+    found = []
+    for layer in flat_layers(model):
+        if isinstance(layer, keras.layers.Rescaling):
+            found.append(
+                {
+                    "layer": layer.name,
+                    "type": "Rescaling",
+                    "scale": np.asarray(layer.scale, dtype=float).tolist(),
+                    "offset": np.asarray(layer.offset, dtype=float).tolist(),
+                }
+            )
+        elif isinstance(layer, keras.layers.Normalization):
+            found.append(
+                {
+                    "layer": layer.name,
+                    "type": "Normalization",
+                    "mean": np.asarray(layer.mean, dtype=float).ravel().tolist(),
+                    "variance": np.asarray(layer.variance, dtype=float).ravel().tolist(),
+                }
+            )
+        elif not type(layer).__name__.startswith(_PASS_THROUGH_PREFIXES):
+            break
+    return found
+
+
+def flat_layers(model: Any) -> Iterator[Any]:
+    """``model``'s layers from its input on, each nested model's layers in its place:
+    how to find a layer by name wherever it sits (``tapped`` takes it)."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from flat_layers(layer)
+        else:
+            yield layer
+
+
+def describe_scaling(found: list[dict[str, Any]]) -> str:
+    """``Rescaling 'rescaling' (x * 0.00784 + -1)``, for the converter's messages."""
+    parts = []
+    for layer in found:
+        if layer["type"] == "Rescaling":
+            numbers = f"x * {_short(layer['scale'])} + {_short(layer['offset'])}"
+        else:
+            numbers = f"mean {_short(layer['mean'])}, variance {_short(layer['variance'])}"
+        parts.append(f"{layer['type']} {layer['layer']!r} ({numbers})")
+    return ", then ".join(parts)
+
+
+def _short(value: float | list[float]) -> str:
+    values = value if isinstance(value, list) else [value]
+    text = ", ".join(f"{number:.4g}" for number in values)
+    return f"[{text}]" if isinstance(value, list) else text

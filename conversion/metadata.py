@@ -33,7 +33,9 @@ def model_metadata(
     labels_file: str,
     opset: int,
     report: ParityReport,
+    in_model_preprocessing: list[dict[str, Any]],
 ) -> ModelMetadata:
+    """``in_model_preprocessing``: the scaling layers found at the model's start."""
     return ModelMetadata(
         model_file=model_path.name,
         sha256=sha256_of_bytes(model_bytes),
@@ -50,6 +52,7 @@ def model_metadata(
         scores=shape.scores,
         versions=toolchain_versions(),
         verification={"against": "Keras", **asdict(report)},
+        in_model_preprocessing=in_model_preprocessing,
     )
 
 

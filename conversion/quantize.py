@@ -48,6 +48,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from classifier.cpu import CpuFeatures
+from classifier.errors import ClassifierError
 from classifier.metadata import Preprocessing
 from classifier.model import softmax
 from classifier.preprocess import ImageError, preprocess
@@ -112,8 +113,10 @@ VNNI = Int8Scheme(
 SCHEMES = {scheme.name: scheme for scheme in (PORTABLE, VNNI)}
 
 
-class CalibrationError(Exception):
+class CalibrationError(ClassifierError):
     """The calibration or verification photos cannot be used; the message says why."""
+
+    exit_code = 5
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from classifier.metadata import Preprocessing
 from classifier.model import softmax
 from classifier.preprocess import normalize, preprocess
 from conversion.export import INPUT_NAME, with_logits_output
-from conversion.keras_model import head, output_scores
+from conversion.keras_model import head, output_scores, tapped
 
 TOP_K = 5
 
@@ -68,14 +68,20 @@ def verification_inputs(
 
 
 def keras_outputs(model: Any, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Keras' probabilities and logits (the softmax's input) for ``inputs``."""
+    """Keras' probabilities and logits (the softmax's input) for ``inputs``.
+
+    The logits are reached through ``tapped``, which works for Sequential
+    models as for functional ones.
+    """
     import keras
 
-    outputs = np.asarray(model(inputs, training=False))
     if output_scores(model) == "logits":
+        outputs = np.asarray(model(inputs, training=False))
         return softmax(outputs), outputs
     layer, _ = head(model)
-    features = np.asarray(keras.Model(model.input, layer.input)(inputs, training=False))
+    outputs, features, _ = (
+        np.asarray(tensor) for tensor in tapped(model, [layer])(inputs, training=False)
+    )
     if not isinstance(layer, keras.layers.Dense):  # a softmax layer of its own
         return outputs, features
     bias = np.asarray(layer.bias) if layer.use_bias else 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -315,3 +316,49 @@ def test_weights_description_round_trips(tmp_path: Path) -> None:
     assert WeightsSource.from_description(from_file.describe(), tmp_path) == from_file
     with pytest.raises(WeightsError, match="not found"):
         WeightsSource.from_description(from_file.describe(), tmp_path / "elsewhere")
+
+
+# --- exit codes: carried by the errors themselves -------------------------------
+
+
+def test_a_refusal_s_subclass_exits_with_its_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Each error carries its exit code (``ClassifierError.exit_code``), so a
+    subclass needs no table entry of its own."""
+    import convert_model
+    from conversion.keras_model import WeightsError
+
+    class MirrorDownError(WeightsError):
+        """A more specific weights error."""
+
+    def convert(args: object) -> None:
+        raise MirrorDownError("The mirror is down.\nTry later.")
+
+    monkeypatch.setattr(convert_model, "convert", convert)
+    code = convert_model.main(["--weights", "random", "--output", str(tmp_path / "m.onnx")])
+    assert code == 3
+    assert capsys.readouterr().err == "error: The mirror is down. Try later.\n"
+
+
+def test_the_readme_lists_every_exit_code() -> None:
+    import convert_model
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Exit codes") :].split("\n\n")[2]
+    documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
+    carried = {error.exit_code for error in convert_model.REFUSALS}
+    assert documented == {0, 2} | carried
+    assert f"Exit codes: {convert_model.exit_codes()}" in " ".join(converter_help().split())
+
+
+def converter_help() -> str:
+    import contextlib
+    import io
+
+    import convert_model
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout), pytest.raises(SystemExit):
+        convert_model.parse_args(["--help"])
+    return stdout.getvalue()

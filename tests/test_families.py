@@ -93,6 +93,9 @@ def test_metadata_records_the_family_and_its_preprocessing(family: Family) -> No
     assert metadata.weights["source"] == "file"
     assert metadata.verification["passed"] is True
     assert f"Building {family.name}" in family.stdout
+    # Only the family that scales its pixels itself starts with scaling layers.
+    found = [layer["type"] for layer in metadata.in_model_preprocessing]
+    assert found[:2] == (["Rescaling", "Normalization"] if family.name == "EfficientNetB0" else [])
 
 
 def test_served_model_answers_as_keras_on_real_photos(family: Family) -> None:
