@@ -40,6 +40,10 @@ from conversion.verify import Tolerance
 DEFAULT_MIN_TOP1_AGREEMENT = 0.99
 DEFAULT_EMULATED_PHOTOS = 8
 DEFAULT_MAX_CPU_DIFFERENCE = 0.01
+NO_HEATMAP = (
+    "no heatmap: the model does not end in global average pooling and a dense layer, "
+    "so it gets no class activation maps (the metadata says so)"
+)
 
 
 class VerificationError(Exception):
@@ -262,7 +266,8 @@ def convert(args: argparse.Namespace) -> None:
     """Build, convert, verify, then write; nothing is written unless verified."""
     from conversion.export import to_onnx
     from conversion.keras_model import build_model, interface, load_keras_file
-    from conversion.verify import check_parity, verification_inputs
+    from conversion.metadata import heatmap_metadata
+    from conversion.verify import check_heatmap, check_parity, verification_inputs
 
     check_writable(args.output.parent)
     if is_keras_file(args.model):
@@ -286,10 +291,13 @@ def convert(args: argparse.Namespace) -> None:
         tolerance = Tolerance(args.logits_rtol, args.probabilities_atol)
         report = check_parity(keras_model, proto, inputs, tolerance)
         print(f"  {report.summary()}")
-    if not report.passed:
-        raise VerificationError(
-            f"The ONNX model does not match Keras ({report.summary()}); nothing was written."
-        )
+        heatmap = check_heatmap(keras_model, proto, inputs, tolerance)
+        print(f"  {heatmap.summary() if heatmap else NO_HEATMAP}")
+    for check in (report, heatmap):
+        if check is not None and not check.passed:
+            raise VerificationError(
+                f"The ONNX model does not match Keras ({check.summary()}); nothing was written."
+            )
     with step(f"Writing {args.output}"):
         metadata = model_metadata(
             args.output,
@@ -302,6 +310,7 @@ def convert(args: argparse.Namespace) -> None:
             labels_file=shipped_labels_name(args.labels, args.output),
             opset=args.opset,
             report=report,
+            heatmap=heatmap_metadata(proto, keras_model, heatmap),
         )
         publish(args.output, model_bytes, metadata, args.labels.read_bytes())
     print(

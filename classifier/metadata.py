@@ -99,12 +99,45 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class Heatmap:
+    """Where a model's class activation maps come from (Zhou et al., CVPR 2016).
+
+    The model ends in global average pooling and a dense layer, so its last
+    feature map (``feature_map``, the pooling layer's input) times the dense
+    kernel's column for a class says how much each region added to that
+    class's score. The ONNX graph holds that product for every class as a
+    further output, ``class_maps``, computed only when fetched; ``kernel`` and
+    ``bias`` name the dense layer's weights among the ONNX initializers (a
+    zero bias is folded away by the converter: None).
+    """
+
+    feature_map: TensorSpec
+    class_maps: TensorSpec
+    kernel: str
+    bias: str | None = None
+    verification: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Heatmap | None:
+        if data is None:
+            return None
+        return cls(
+            **{
+                **data,
+                "feature_map": TensorSpec(**data["feature_map"]),
+                "class_maps": TensorSpec(**data["class_maps"]),
+            }
+        )
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     """Everything needed to serve, trust and reproduce one model file.
 
     ``name`` is what the page and the API call the model; ``scores`` says
     whether its output is ``probabilities`` or ``logits`` (the runtime then
-    applies the softmax).
+    applies the softmax); ``heatmap`` is None ("no heatmap") where the model
+    does not end in global average pooling and a dense layer.
     """
 
     model_file: str
@@ -123,6 +156,7 @@ class ModelMetadata:
     versions: dict[str, str] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
+    heatmap: Heatmap | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -144,6 +178,7 @@ class ModelMetadata:
         data["input"] = TensorSpec(**data["input"])
         data["output"] = TensorSpec(**data["output"])
         data["preprocessing"] = Preprocessing.from_dict(data["preprocessing"])
+        data["heatmap"] = Heatmap.from_dict(data.get("heatmap"))
         return cls(**data)
 
 

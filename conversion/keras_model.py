@@ -8,6 +8,7 @@ image input, one ``(batch, classes)`` output of probabilities or logits.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -265,3 +266,62 @@ def output_scores(model: Any) -> str:
         "runtime serves a final softmax (probabilities) or a final Dense layer without "
         "activation (logits)."
     )
+
+
+@dataclass(frozen=True)
+class CamHead:
+    """A head that makes class activation maps exact: global average pooling, then
+    (past any dropout) one dense layer. ``pooling``'s input is the last feature map."""
+
+    pooling: Any
+    dense: Any
+
+
+def cam_head(model: Any) -> CamHead | None:
+    """The model's class-activation-map head, or None where it ends otherwise
+    (e.g. Flatten and dense layers, a 1x1 convolution, a normalization after the pooling)."""
+    import keras
+
+    layers = list(model.layers)
+    if layers and isinstance(layers[-1], keras.layers.Softmax | keras.layers.Activation):
+        layers.pop()  # a softmax of its own (output_scores refuses any other activation)
+    if not layers or not isinstance(layers[-1], keras.layers.Dense):
+        return None
+    chain = [layers.pop()]
+    while layers and isinstance(layers[-1], keras.layers.Dropout):
+        chain.insert(0, layers.pop())
+    if not layers or not isinstance(layers[-1], keras.layers.GlobalAveragePooling2D):
+        return None
+    pooling = layers[-1]
+    if pooling.keepdims or pooling.data_format != "channels_last":
+        return None
+    if not isinstance(model, keras.Sequential) and not _chained([pooling, *chain]):
+        return None
+    return CamHead(pooling, chain[-1])
+
+
+def _chained(layers: list[Any]) -> bool:
+    """Each layer of a functional model takes the one before it as its only input."""
+    try:
+        return all(after.input is before.output for before, after in itertools.pairwise(layers))
+    except (AttributeError, ValueError):  # a layer called more than once has no one input
+        return False
+
+
+def with_feature_map(model: Any, head: CamHead) -> Any:
+    """The model with a second output: the last feature map (``head.pooling``'s input).
+
+    A Sequential model's layers are called afresh on a new input, as its
+    layers know no input of their own in Keras 3.
+    """
+    import keras
+
+    if not isinstance(model, keras.Sequential):
+        return keras.Model(model.inputs, [model.outputs[0], head.pooling.input], name=model.name)
+    inputs = keras.Input(model.input_shape[1:])
+    outputs, feature_map = inputs, None
+    for layer in model.layers:
+        if layer is head.pooling:
+            feature_map = outputs
+        outputs = layer(outputs)
+    return keras.Model(inputs, [outputs, feature_map], name=model.name)

@@ -7,12 +7,14 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from classifier.metadata import ModelMetadata, Preprocessing, TensorSpec
+import onnx
+
+from classifier.metadata import Heatmap, ModelMetadata, Preprocessing, TensorSpec
 from conversion.artifacts import sha256_of_bytes
-from conversion.export import INPUT_NAME
-from conversion.keras_model import Interface, WeightsSource
+from conversion.export import INPUT_NAME, heatmap_spec
+from conversion.keras_model import Interface, WeightsSource, cam_head
 from conversion.quantize import Int8Verification
-from conversion.verify import ParityReport
+from conversion.verify import HeatmapReport, ParityReport
 
 TOOLCHAIN = ("tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "pillow")
 
@@ -33,6 +35,7 @@ def model_metadata(
     labels_file: str,
     opset: int,
     report: ParityReport,
+    heatmap: Heatmap | None = None,
 ) -> ModelMetadata:
     return ModelMetadata(
         model_file=model_path.name,
@@ -50,7 +53,18 @@ def model_metadata(
         scores=shape.scores,
         versions=toolchain_versions(),
         verification={"against": "Keras", **asdict(report)},
+        heatmap=heatmap,
     )
+
+
+def heatmap_metadata(
+    proto: onnx.ModelProto, keras_model: Any, report: HeatmapReport | None
+) -> Heatmap | None:
+    """The ``heatmap`` block, with its verification against Keras; None: "no heatmap"."""
+    spec = heatmap_spec(proto, cam_head(keras_model))
+    if spec is None or report is None:
+        return None
+    return replace(spec, verification={"against": "Keras", **asdict(report)})
 
 
 def int8_metadata(
