@@ -317,7 +317,7 @@ def with_feature_map(model: Any, head: CamHead) -> Any:
     import keras
 
     if not isinstance(model, keras.Sequential):
-        return keras.Model(model.inputs, [model.outputs[0], head.pooling.input], name=model.name)
+        return keras.Model(model.inputs[0], [model.outputs[0], head.pooling.input], name=model.name)
     inputs = keras.Input(model.input_shape[1:])
     outputs, feature_map = inputs, None
     for layer in model.layers:
