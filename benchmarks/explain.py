@@ -1,0 +1,170 @@
+"""What class activation maps cost: explain off against the same model without them, and on.
+
+For each ``--model`` (with a heatmap), a copy without the heatmap's outputs
+is made beside it in a temporary folder: the model as it was before heatmaps.
+In one process, taking turns (A B C ...) after warm-up, it times
+
+- ``bare``: the copy, ``classify(photo)``;
+- ``off``: the model, ``classify(photo)`` (the class maps are not fetched, so
+  ONNX Runtime does not compute them);
+- ``on``: ``classify(photo, explain=True)`` (every class's map from the same run,
+  the top 5 normalised);
+- ``on + overlay``: that, plus the top class's overlay on the photo as PNG, as
+  ``POST /classify?explain=true`` answers;
+
+and the model run alone (``predict`` against ``predict_explained``). Memory:
+each of bare, off and on runs in a fresh interpreter, which reports its peak
+resident memory (the kernel's high-water mark) after ``--requests``
+classifications.
+
+    .venv/bin/python benchmarks/explain.py --model /tmp/bench/inception_v3.onnx \\
+        --model /tmp/bench/inception_v3.int8.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import CAT_PHOTO, MB, interleaved, milliseconds, models, options, report
+
+from classifier.heatmap import png
+from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
+from classifier.model import Classifier
+
+REPEATS = 30
+REQUESTS = 20
+
+
+def without_heatmap(model: Path, folder: Path) -> Path:
+    """A copy of ``model`` with its feature map and class maps removed, and metadata to match."""
+    import onnx
+
+    from conversion.export import CLASS_MAPS_NAME, FEATURE_MAP_NAME
+
+    proto = onnx.load(model)
+    graph = proto.graph
+    kept = [
+        value for value in graph.output if value.name not in (FEATURE_MAP_NAME, CLASS_MAPS_NAME)
+    ]
+    del graph.output[:]
+    graph.output.extend(kept)
+    nodes = [node for node in graph.node if CLASS_MAPS_NAME not in node.output]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    copy = folder / model.name
+    onnx.save(proto, copy)
+    metadata = ModelMetadata.from_json(metadata_path_for(model).read_text())
+    shutil.copy(model.parent / metadata.labels_file, folder / metadata.labels_file)
+    bare = replace(metadata, sha256=sha256_of(copy), size_bytes=copy.stat().st_size, heatmap=None)
+    metadata_path_for(copy).write_text(bare.to_json())
+    return copy
+
+
+def overlay_png(classifier: Classifier, photo: Path) -> bytes:
+    predictions = classifier.classify(photo, explain=True)
+    return png(classifier.overlay(photo, predictions[0].heatmap))
+
+
+def timings(model: Path, bare_model: Path, photo: Path, repeats: int) -> list[dict[str, Any]]:
+    bare, explaining = Classifier(bare_model), Classifier(model)
+    batch = explaining.preprocess(photo)[None]
+    calls = {
+        "bare": lambda: bare.classify(photo),
+        "off": lambda: explaining.classify(photo),
+        "on": lambda: explaining.classify(photo, explain=True),
+        "on + overlay": lambda: overlay_png(explaining, photo),
+        "run: bare": lambda: bare.predict(batch),
+        "run: off": lambda: explaining.predict(batch),
+        "run: on": lambda: explaining.predict_explained(batch),
+    }
+    times = interleaved(calls, repeats)
+    rows = []
+    for name, seconds in times.items():
+        reference = times["run: bare" if name.startswith("run") else "bare"]
+        rows.append(
+            {
+                "model": f"{model.name}",
+                "what": name,
+                **milliseconds(seconds),
+                "x_bare": float(np.median(seconds) / np.median(reference)),
+                "over_bare_ms": (np.median(seconds) - np.median(reference)) * 1e3,
+            }
+        )
+    return rows
+
+
+def peak_rss(model: Path, explain: bool, photo: Path, requests: int) -> float:
+    """Peak resident MB of a fresh interpreter that classifies ``photo`` ``requests`` times."""
+    child = [sys.executable, __file__, "--child", str(model), str(photo), str(requests)]
+    output = subprocess.run(
+        [*child, "--explain"] if explain else child, check=True, capture_output=True, text=True
+    )
+    return json.loads(output.stdout.splitlines()[-1])["peak_MB"]
+
+
+def child(model: Path, photo: Path, requests: int, explain: bool) -> None:
+    """One process's share of ``peak_rss``: print its high-water mark as JSON."""
+    classifier = Classifier(model)
+    for _ in range(requests):
+        predictions = classifier.classify(photo, explain=explain)
+        if explain:
+            png(classifier.overlay(photo, predictions[0].heatmap))
+    with Path("/proc/self/status").open() as status:
+        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print(json.dumps({"peak_MB": peak_kb * 1024 / MB}))
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        model, photo, requests = sys.argv[2:5]
+        child(Path(model), Path(photo), int(requests), "--explain" in sys.argv)
+        return
+    arguments = options(__doc__.splitlines()[0])
+    arguments.add_argument("--photo", type=Path, default=CAT_PHOTO, help="the photo to classify")
+    arguments.add_argument("--repeats", type=int, default=REPEATS, help="timed turns per call")
+    arguments.add_argument(
+        "--requests", type=int, default=REQUESTS, help="classifications per memory process"
+    )
+    args: argparse.Namespace = arguments.parse_args()
+    latency, memory = [], []
+    for model in models(args):
+        if ModelMetadata.from_json(metadata_path_for(model).read_text()).heatmap is None:
+            sys.exit(f"error: {model} has no heatmap to measure")
+        with tempfile.TemporaryDirectory() as folder:
+            bare = without_heatmap(model, Path(folder))
+            latency += timings(model, bare, args.photo, args.repeats)
+            peaks = {
+                "bare": peak_rss(bare, False, args.photo, args.requests),
+                "off": peak_rss(model, False, args.photo, args.requests),
+                "on (+ overlay PNG)": peak_rss(model, True, args.photo, args.requests),
+            }
+        memory += [
+            {
+                "model": model.name,
+                "what": name,
+                "peak_MB": peak,
+                "over_bare_MB": peak - peaks["bare"],
+            }
+            for name, peak in peaks.items()
+        ]
+    report(
+        args,
+        "explain",
+        {
+            f"Latency, ms ({args.repeats} interleaved turns, {args.photo.name})": latency,
+            f"Peak resident memory, MB (fresh process, {args.requests} classifications)": memory,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
