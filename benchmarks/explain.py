@@ -12,10 +12,11 @@ In one process, taking turns (A B C ...) after warm-up, it times
 - ``on + overlay``: that, plus the top class's overlay on the photo as PNG, as
   ``POST /classify?explain=true`` answers;
 
-and the model run alone (``predict`` against ``predict_explained``). Memory:
-each of bare, off and on runs in a fresh interpreter, which reports its peak
-resident memory (the kernel's high-water mark) after ``--requests``
-classifications.
+and the model run alone (``predict`` against ``predict_explained``), by wall
+time and by the CPU time the process spent. Memory: each of bare, off and on
+runs in a fresh interpreter, which reports its resident memory once the
+model is loaded and its peak (the kernel's high-water mark, reset then)
+over ``--requests`` classifications.
 
     .venv/bin/python benchmarks/explain.py --model /tmp/bench/inception_v3.onnx \\
         --model /tmp/bench/inception_v3.int8.onnx
@@ -29,6 +30,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +43,7 @@ from classifier.heatmap import png
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.model import Classifier
 
-REPEATS = 30
+REPEATS = 60
 REQUESTS = 20
 
 
@@ -75,9 +78,11 @@ def overlay_png(classifier: Classifier, photo: Path) -> bytes:
 
 
 def timings(model: Path, bare_model: Path, photo: Path, repeats: int) -> list[dict[str, Any]]:
+    """Wall time, and the CPU time the process spent (all its threads): on a shared
+    machine other jobs stretch the first far more than the second."""
     bare, explaining = Classifier(bare_model), Classifier(model)
     batch = explaining.preprocess(photo)[None]
-    calls = {
+    work = {
         "bare": lambda: bare.classify(photo),
         "off": lambda: explaining.classify(photo),
         "on": lambda: explaining.classify(photo, explain=True),
@@ -86,47 +91,70 @@ def timings(model: Path, bare_model: Path, photo: Path, repeats: int) -> list[di
         "run: off": lambda: explaining.predict(batch),
         "run: on": lambda: explaining.predict_explained(batch),
     }
-    times = interleaved(calls, repeats)
+    cpu: dict[str, list[float]] = {name: [] for name in work}
+
+    def cpu_timed(name: str) -> Callable[[], None]:
+        def call() -> None:
+            start = time.process_time()
+            work[name]()
+            cpu[name].append(time.process_time() - start)
+
+        return call
+
+    wall = interleaved({name: cpu_timed(name) for name in work}, repeats)
     rows = []
-    for name, seconds in times.items():
-        reference = times["run: bare" if name.startswith("run") else "bare"]
+    for name, seconds in wall.items():
+        reference = "run: bare" if name.startswith("run") else "bare"
+        spent = cpu[name][-repeats:]  # the timed turns, not the warm-up
+        spent_reference = cpu[reference][-repeats:]
         rows.append(
             {
-                "model": f"{model.name}",
+                "model": model.name,
                 "what": name,
                 **milliseconds(seconds),
-                "x_bare": float(np.median(seconds) / np.median(reference)),
-                "over_bare_ms": (np.median(seconds) - np.median(reference)) * 1e3,
+                "min_ms": min(seconds) * 1e3,
+                "cpu_ms": float(np.median(spent)) * 1e3,
+                "cpu_x_bare": float(np.median(spent) / np.median(spent_reference)),
+                "cpu_over_bare_ms": float(np.median(spent) - np.median(spent_reference)) * 1e3,
             }
         )
     return rows
 
 
-def peak_rss(model: Path, explain: bool, photo: Path, requests: int) -> float:
-    """Peak resident MB of a fresh interpreter that classifies ``photo`` ``requests`` times."""
-    child = [sys.executable, __file__, "--child", str(model), str(photo), str(requests)]
-    output = subprocess.run(
-        [*child, "--explain"] if explain else child, check=True, capture_output=True, text=True
-    )
-    return json.loads(output.stdout.splitlines()[-1])["peak_MB"]
+def peak_rss(model: Path, mode: str, photo: Path, requests: int) -> dict[str, float]:
+    """Resident MB of a fresh interpreter once the model is loaded, and its peak while
+    it then classifies ``photo`` ``requests`` times."""
+    command = [sys.executable, __file__, "--child", str(model), str(photo), str(requests), mode]
+    output = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(output.stdout.splitlines()[-1])
 
 
-def child(model: Path, photo: Path, requests: int, explain: bool) -> None:
-    """One process's share of ``peak_rss``: print its high-water mark as JSON."""
+def child(model: Path, photo: Path, requests: int, mode: str) -> None:
+    """One process's share of ``peak_rss``: print its high-water mark while serving as JSON.
+
+    Loading the model peaks higher than serving does, so the mark is reset
+    (``/proc/self/clear_refs``) once the model is loaded and warmed up.
+    """
     classifier = Classifier(model)
+    loaded = _status_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
     for _ in range(requests):
-        predictions = classifier.classify(photo, explain=explain)
-        if explain:
+        predictions = classifier.classify(photo, explain=mode != "off")
+        if mode == "overlay":
             png(classifier.overlay(photo, predictions[0].heatmap))
+    print(json.dumps({"loaded_MB": loaded, "peak_MB": _status_mb("VmHWM")}))
+
+
+def _status_mb(field: str) -> float:
     with Path("/proc/self/status").open() as status:
-        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    print(json.dumps({"peak_MB": peak_kb * 1024 / MB}))
+        kb = next(int(line.split()[1]) for line in status if line.startswith(f"{field}:"))
+    return kb * 1024 / MB
 
 
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
-        model, photo, requests = sys.argv[2:5]
-        child(Path(model), Path(photo), int(requests), "--explain" in sys.argv)
+        model, photo, requests, mode = sys.argv[2:6]
+        child(Path(model), Path(photo), int(requests), mode)
         return
     arguments = options(__doc__.splitlines()[0])
     arguments.add_argument("--photo", type=Path, default=CAT_PHOTO, help="the photo to classify")
@@ -143,16 +171,17 @@ def main() -> None:
             bare = without_heatmap(model, Path(folder))
             latency += timings(model, bare, args.photo, args.repeats)
             peaks = {
-                "bare": peak_rss(bare, False, args.photo, args.requests),
-                "off": peak_rss(model, False, args.photo, args.requests),
-                "on (+ overlay PNG)": peak_rss(model, True, args.photo, args.requests),
+                "bare": peak_rss(bare, "off", args.photo, args.requests),
+                "off": peak_rss(model, "off", args.photo, args.requests),
+                "on": peak_rss(model, "on", args.photo, args.requests),
+                "on + overlay": peak_rss(model, "overlay", args.photo, args.requests),
             }
         memory += [
             {
                 "model": model.name,
                 "what": name,
-                "peak_MB": peak,
-                "over_bare_MB": peak - peaks["bare"],
+                **peak,
+                "peak_over_bare_MB": peak["peak_MB"] - peaks["bare"]["peak_MB"],
             }
             for name, peak in peaks.items()
         ]
@@ -161,7 +190,7 @@ def main() -> None:
         "explain",
         {
             f"Latency, ms ({args.repeats} interleaved turns, {args.photo.name})": latency,
-            f"Peak resident memory, MB (fresh process, {args.requests} classifications)": memory,
+            f"Resident memory, MB: loaded, and peak over {args.requests} classifications": memory,
         },
     )
 

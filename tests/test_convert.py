@@ -96,7 +96,7 @@ def test_random_weights_convert_to_a_verified_model(converted: Converted) -> Non
 def test_model_has_stable_names_and_a_dynamic_batch(converted: Converted) -> None:
     graph = onnx.load(converted.model_path, load_external_data=False).graph
     assert [value.name for value in graph.input] == ["images"]
-    assert [value.name for value in graph.output] == ["probabilities"]
+    assert [value.name for value in graph.output] == ["probabilities", "feature_map", "class_maps"]
     batch = graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param == "batch"
 
