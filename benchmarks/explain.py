@@ -12,7 +12,8 @@ In one process, taking turns (A B C ...) after warm-up, it times
 - ``on + overlay``: that, plus the top class's overlay on the photo as PNG, as
   ``POST /classify?explain=true`` answers;
 
-and the model run alone (``predict`` against ``predict_explained``), by wall
+the model run alone (``predict`` against ``predict_explained``), and the
+graph's part that explain adds, run alone (``class maps alone``), by wall
 time and by the CPU time the process spent. Memory: each of bare, off and on
 runs in a fresh interpreter, which reports its resident memory once the
 model is loaded and its peak (the kernel's high-water mark, reset then)
@@ -72,12 +73,34 @@ def without_heatmap(model: Path, folder: Path) -> Path:
     return copy
 
 
+def class_maps_alone(model: Path, folder: Path, classifier: Classifier) -> Callable[[], object]:
+    """A run of only what explain adds to the graph: from the feature map to the class
+    maps (one MatMul; for int8 with the feature map's quantize-dequantize), as the
+    app's session runs it, fed this model's own feature map."""
+    import onnx.utils
+    import onnxruntime as ort
+
+    from conversion.export import CLASS_MAPS_NAME, FEATURE_MAP_NAME
+
+    part = folder / "class_maps.onnx"
+    onnx.utils.extract_model(str(model), str(part), [FEATURE_MAP_NAME], [CLASS_MAPS_NAME])
+    session = ort.InferenceSession(
+        str(part), classifier.settings.session_options(), providers=["CPUExecutionProvider"]
+    )
+    full = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    image = classifier.preprocess(CAT_PHOTO)[None]
+    features = full.run([FEATURE_MAP_NAME], {classifier.metadata.input.name: image})[0]
+    return lambda: session.run([CLASS_MAPS_NAME], {FEATURE_MAP_NAME: features})
+
+
 def overlay_png(classifier: Classifier, photo: Path) -> bytes:
     predictions = classifier.classify(photo, explain=True)
     return png(classifier.overlay(photo, predictions[0].heatmap))
 
 
-def timings(model: Path, bare_model: Path, photo: Path, repeats: int) -> list[dict[str, Any]]:
+def timings(
+    model: Path, bare_model: Path, photo: Path, repeats: int, folder: Path
+) -> list[dict[str, Any]]:
     """Wall time, and the CPU time the process spent (all its threads): on a shared
     machine other jobs stretch the first far more than the second."""
     bare, explaining = Classifier(bare_model), Classifier(model)
@@ -90,6 +113,7 @@ def timings(model: Path, bare_model: Path, photo: Path, repeats: int) -> list[di
         "run: bare": lambda: bare.predict(batch),
         "run: off": lambda: explaining.predict(batch),
         "run: on": lambda: explaining.predict_explained(batch),
+        "class maps alone": class_maps_alone(model, folder, explaining),
     }
     cpu: dict[str, list[float]] = {name: [] for name in work}
 
@@ -104,7 +128,7 @@ def timings(model: Path, bare_model: Path, photo: Path, repeats: int) -> list[di
     wall = interleaved({name: cpu_timed(name) for name in work}, repeats)
     rows = []
     for name, seconds in wall.items():
-        reference = "run: bare" if name.startswith("run") else "bare"
+        reference = "bare" if name in ("bare", "off", "on", "on + overlay") else "run: bare"
         spent = cpu[name][-repeats:]  # the timed turns, not the warm-up
         spent_reference = cpu[reference][-repeats:]
         rows.append(
@@ -169,7 +193,7 @@ def main() -> None:
             sys.exit(f"error: {model} has no heatmap to measure")
         with tempfile.TemporaryDirectory() as folder:
             bare = without_heatmap(model, Path(folder))
-            latency += timings(model, bare, args.photo, args.repeats)
+            latency += timings(model, bare, args.photo, args.repeats, Path(folder))
             peaks = {
                 "bare": peak_rss(bare, "off", args.photo, args.requests),
                 "off": peak_rss(model, "off", args.photo, args.requests),

@@ -158,6 +158,11 @@ def build_api(classifier: Classifier) -> FastAPI:
         redoc_url=None,
     )
 
+    def top_overlay(upload: BinaryIO, predictions: list[Prediction]) -> str:
+        """The top class's heatmap over the photo, a PNG in base64."""
+        image = classifier.overlay(upload, predictions[0].heatmap)
+        return base64.b64encode(png(image)).decode("ascii")
+
     @api.exception_handler(ImageError)
     @api.exception_handler(BusyError)
     async def classification_error(request: Request, error: Exception) -> Response:
@@ -224,11 +229,6 @@ def build_api(classifier: Classifier) -> FastAPI:
             model=model,
             overlay=overlay,
         )
-
-    def top_overlay(upload: BinaryIO, predictions: list[Prediction]) -> str:
-        """The top class's heatmap over the photo, a PNG in base64."""
-        image = classifier.overlay(upload, predictions[0].heatmap)
-        return base64.b64encode(png(image)).decode("ascii")
 
     @api.get("/healthz", summary="The process answers")
     async def healthz() -> dict[str, str]:

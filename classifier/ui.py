@@ -13,7 +13,7 @@ from classifier import metrics
 from classifier.admission import BusyError
 from classifier.heatmap import photo_for_overlay
 from classifier.metadata import ModelMetadata
-from classifier.model import Classifier
+from classifier.model import Classifier, Prediction
 from classifier.preprocess import ImageError
 
 TOP_K = 5
@@ -94,7 +94,7 @@ Explanation = dict[str, Any]
 the top classes' labels and their maps (lists, which Gradio's state compares)."""
 
 
-def explanation(image_path: str, predictions: list) -> Explanation:
+def explanation(image_path: str, predictions: list[Prediction]) -> Explanation:
     return {
         "photo": image_path,
         "labels": [p.label for p in predictions],
@@ -143,9 +143,6 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
         answer = {prediction.label: prediction.probability for prediction in predictions}
         return answer, explanation(image_path, predictions) if classifier.explains else None
 
-    def predict(image_path: str | None) -> dict[str, float]:
-        return classify(image_path)[0]
-
     def explained_answer(explained: Explanation | None, show: bool) -> tuple[Any, Any]:
         """A new answer: the top class's heatmap, and the top classes to choose from."""
         labels = explained["labels"] if explained else []
@@ -173,8 +170,7 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
         )
         chooser = gr.Radio(label="Heatmap of", elem_id="heatmap-class", render=False)
         show = gr.Checkbox(value=True, label="Show the heatmap", elem_id="heatmap-on", render=False)
-        outputs = [label, explained] if classifier.explains else [label]
-        run = classify if classifier.explains else predict
+        outputs = [label, explained]
         with gr.Row(equal_height=False):
             with gr.Column():
                 image = uploaded_image(label="Photo", sources=["upload", "clipboard"])
@@ -183,13 +179,13 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
                 # and leave this one the public "/predict_1". The state is no part of
                 # the API: gradio_client gets the label alone.
                 submit.click(
-                    run, image, outputs, api_name="predict", concurrency_limit=CONCURRENCY
+                    classify, image, outputs, api_name="predict", concurrency_limit=CONCURRENCY
                 ).success(None, js=SHOW_ANSWER_JS)
                 gr.Examples(
                     examples=[[str(path)] for path in examples],
                     inputs=image,
                     outputs=outputs,
-                    fn=run,
+                    fn=classify,
                     run_on_click=True,
                     cache_examples=False,
                     label="Or try an example",
