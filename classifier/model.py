@@ -260,12 +260,11 @@ class Classifier:
         self._explaining = 0
         self._explaining_lock = threading.Lock()
         # Only what is fetched runs: the class maps cost nothing unless asked for.
-        self._run_options = {settle: ort.RunOptions() for settle in (False, True)}
-        for options in self._run_options.values():
-            options.only_execute_path_to_fetches = True
-        self._run_options[True].add_run_config_entry(
-            "memory.enable_memory_arena_shrinkage", "cpu:0"
-        )
+        self._fetching = ort.RunOptions()
+        self._fetching.only_execute_path_to_fetches = True
+        self._settling = ort.RunOptions()
+        self._settling.only_execute_path_to_fetches = True
+        self._settling.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         admission = admission or AdmissionSettings.from_env()
         self.budget = MemoryBudget(
             admission.memory_budget_mb * MB,
@@ -378,9 +377,8 @@ class Classifier:
         packed after its scores, so the batcher splits them by row alike.
         """
         names = self._outputs[self._explaining > 0]
-        scores, *maps = self._session.run(
-            names, {self._input_name: batch}, self._run_options[settle]
-        )
+        options = self._settling if settle else self._fetching
+        scores, *maps = self._session.run(names, {self._input_name: batch}, options)
         if not maps:
             return scores
         return np.concatenate([scores, maps[0].reshape(len(batch), -1)], axis=1)
