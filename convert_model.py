@@ -23,7 +23,7 @@ from classifier.assets import DEFAULT_MODEL_PATH, EXAMPLE_PHOTOS, LABELS
 from classifier.labels import LabelsError, read_labels
 from classifier.metadata import NORMALIZATIONS, Preprocessing
 from classifier.model import ModelError, load_metadata
-from conversion.artifacts import OutputError, check_writable, publish
+from conversion.artifacts import OutputError, check_writable, publish, write_atomic
 from conversion.export import DEFAULT_OPSET
 from conversion.keras_model import (
     DEFAULT_FAMILY,
@@ -264,8 +264,8 @@ def step(title: str) -> Iterator[None]:
 
 def convert(args: argparse.Namespace) -> None:
     """Build, convert, verify, then write; nothing is written unless verified."""
-    from conversion.export import to_onnx
-    from conversion.keras_model import build_model, interface, load_keras_file
+    from conversion.export import class_weights, class_weights_file, to_onnx
+    from conversion.keras_model import build_model, cam_head, interface, load_keras_file
     from conversion.metadata import heatmap_metadata
     from conversion.verify import check_heatmap, check_parity, verification_inputs
 
@@ -299,6 +299,9 @@ def convert(args: argparse.Namespace) -> None:
                 f"The ONNX model does not match Keras ({check.summary()}); nothing was written."
             )
     with step(f"Writing {args.output}"):
+        cam = cam_head(keras_model)
+        weights_file = class_weights_file(args.output)
+        weights_bytes = class_weights(cam) if heatmap else None
         metadata = model_metadata(
             args.output,
             model_bytes,
@@ -310,8 +313,10 @@ def convert(args: argparse.Namespace) -> None:
             labels_file=shipped_labels_name(args.labels, args.output),
             opset=args.opset,
             report=report,
-            heatmap=heatmap_metadata(proto, keras_model, heatmap),
+            heatmap=heatmap_metadata(proto, keras_model, heatmap, weights_file, weights_bytes),
         )
+        if weights_bytes is not None:  # before the metadata that vouches for it
+            write_atomic(args.output.parent / weights_file, weights_bytes)
         publish(args.output, model_bytes, metadata, args.labels.read_bytes())
     print(
         f"Wrote {args.output} ({len(model_bytes) / 1e6:.1f} MB, sha256 {metadata.sha256[:12]}...)"

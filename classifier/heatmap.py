@@ -4,15 +4,17 @@ A model that ends in global average pooling and a dense layer scores class
 ``c`` as the mean, over the last feature map's positions, of that position's
 features times the dense kernel's column ``c`` (plus a bias). Before the
 mean, those products form a map of how much each region added to the score.
-The converter makes the ONNX graph output them for every class
-(``class_maps``, see ``classifier.metadata.Heatmap``), so the runtime only
-has to fetch them from the same run, normalise the few it shows, and lay
-one over the photo.
+The converter makes the ONNX graph output that feature map and writes the
+kernel beside the model, one row per class (see
+``classifier.metadata.Heatmap``), so the runtime fetches the feature map from
+the same run, multiplies it by the rows of the few classes it shows,
+normalises them, and lays one over the photo.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import ExifTags, Image
@@ -45,6 +47,12 @@ class NoHeatmapError(ClassifierError):
 
     status = 422
     outcome = "bad_request"
+
+
+def class_maps(features: np.ndarray, weights: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """Raw class activation maps ``(h, w, len(classes))``: the feature map ``(h, w, c)``
+    times each class's row of ``weights`` ``(all classes, c)``."""
+    return features @ np.asarray(weights[list(classes)]).T
 
 
 def normalise(class_map: np.ndarray) -> np.ndarray:

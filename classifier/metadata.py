@@ -103,16 +103,20 @@ class Heatmap:
     """Where a model's class activation maps come from (Zhou et al., CVPR 2016).
 
     The model ends in global average pooling and a dense layer, so its last
-    feature map (``feature_map``, the pooling layer's input) times the dense
-    kernel's column for a class says how much each region added to that
-    class's score. The ONNX graph holds that product for every class as a
-    further output, ``class_maps``, computed only when fetched; ``kernel`` and
-    ``bias`` name the dense layer's weights among the ONNX initializers (a
-    zero bias is folded away by the converter: None).
+    feature map (``feature_map``, the pooling layer's input, a further ONNX
+    output) times the dense kernel's column for a class says how much each
+    region added to that class's score. ``kernel`` and ``bias`` name the dense
+    layer's weights among the ONNX initializers (a zero bias is folded away by
+    the converter: None); ``class_weights`` is the kernel again beside the
+    model, one row per class (``.npy``, pinned by ``class_weights_sha256``),
+    which the runtime maps from disk and reads a few rows of: ONNX Runtime
+    does not hand its initializers out, and a class-maps node in the graph
+    slowed every run, fetched or not.
     """
 
     feature_map: TensorSpec
-    class_maps: TensorSpec
+    class_weights: str
+    class_weights_sha256: str
     kernel: str
     bias: str | None = None
     verification: dict[str, Any] = field(default_factory=dict)
@@ -121,13 +125,7 @@ class Heatmap:
     def from_dict(cls, data: dict[str, Any] | None) -> Heatmap | None:
         if data is None:
             return None
-        return cls(
-            **{
-                **data,
-                "feature_map": TensorSpec(**data["feature_map"]),
-                "class_maps": TensorSpec(**data["class_maps"]),
-            }
-        )
+        return cls(**{**data, "feature_map": TensorSpec(**data["feature_map"])})
 
 
 @dataclass(frozen=True)

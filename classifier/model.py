@@ -30,6 +30,7 @@ from classifier.cpu import log_cpu_support
 from classifier.heatmap import (
     MAX_OVERLAY_SIDE,
     NoHeatmapError,
+    class_maps,
     normalise,
     overlay,
     overlay_cost,
@@ -257,6 +258,7 @@ class Classifier:
             ) from error
         self._input_name = self._session.get_inputs()[0].name
         self._outputs = self._output_names()
+        self._weights = self._class_weights()
         self._explaining = 0
         self._explaining_lock = threading.Lock()
         # Only what is fetched runs: the class maps cost nothing unless asked for.
@@ -314,8 +316,8 @@ class Classifier:
     def predict_explained(
         self, batch: np.ndarray, explain: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Model inputs -> probabilities and, with ``explain``, every class's raw
-        activation map ``(n, h, w, classes)`` from the same run."""
+        """Model inputs -> probabilities and, with ``explain``, the last feature map
+        ``(n, h, w, channels)`` from the same run (``heatmap.class_maps`` makes maps of it)."""
         if explain:
             self._check_explains()
         with metrics.INFERENCE_SECONDS.time(), self._explained(explain):
@@ -327,7 +329,7 @@ class Classifier:
         if not explain:
             return scores, None
         assert self.metadata.heatmap is not None
-        shape = self.metadata.heatmap.class_maps.shape[1:]
+        shape = self.metadata.heatmap.feature_map.shape[1:]
         return scores, packed[:, classes:].reshape(len(batch), *shape)
 
     @property
@@ -344,7 +346,7 @@ class Classifier:
 
     @contextmanager
     def _explained(self, explain: bool) -> Iterator[None]:
-        """While an explaining caller waits, every run also fetches the class maps."""
+        """While an explaining caller waits, every run also fetches the feature map."""
         if not explain:
             yield
             return
@@ -357,24 +359,43 @@ class Classifier:
                 self._explaining -= 1
 
     def _output_names(self) -> dict[bool, list[str]]:
-        """The outputs a run fetches, without and with the class maps."""
+        """The outputs a run fetches, without and with the feature map."""
         names = [self.metadata.output.name]
         heatmap = self.metadata.heatmap
         if heatmap is None:
             return {False: names, True: names}
         served = {output.name for output in self._session.get_outputs()}
-        if heatmap.class_maps.name not in served:
+        if heatmap.feature_map.name not in served:
             raise ModelError(
-                f"{self.model_path} has no output {heatmap.class_maps.name!r}, which its "
+                f"{self.model_path} has no output {heatmap.feature_map.name!r}, which its "
                 f"metadata promises: {CONVERT_HINT} again."
             )
-        return {False: names, True: [*names, heatmap.class_maps.name]}
+        return {False: names, True: [*names, heatmap.feature_map.name]}
+
+    def _class_weights(self) -> np.ndarray | None:
+        """The dense kernel's rows, mapped from the file beside the model (not read in)."""
+        heatmap = self.metadata.heatmap
+        if heatmap is None:
+            return None
+        path = self.model_path.parent / heatmap.class_weights
+        if not path.is_file() or sha256_of(path) != heatmap.class_weights_sha256:
+            raise ModelError(
+                f"Class weights file {path} is missing or does not match the model's "
+                f"metadata: {CONVERT_HINT} again, and ship the file with the model."
+            )
+        weights = np.load(path, mmap_mode="r")
+        channels = heatmap.feature_map.shape[-1]
+        if weights.shape != (self.metadata.classes, channels):
+            raise ModelError(
+                f"{path} holds {weights.shape}, not ({self.metadata.classes}, {channels})."
+            )
+        return weights
 
     def _run(self, batch: np.ndarray, settle: bool) -> np.ndarray:
         """One model run; ``settle`` hands the arena's growth from batches back after it.
 
-        While a caller waits for class maps, they are fetched too, each row's
-        packed after its scores, so the batcher splits them by row alike.
+        While a caller waits for class maps, the feature map is fetched too, each
+        row's packed after its scores, so the batcher splits them by row alike.
         """
         names = self._outputs[self._explaining > 0]
         options = self._settling if settle else self._fetching
@@ -384,20 +405,21 @@ class Classifier:
         return np.concatenate([scores, maps[0].reshape(len(batch), -1)], axis=1)
 
     def top_k(
-        self, probabilities: np.ndarray, k: int = 5, class_maps: np.ndarray | None = None
+        self, probabilities: np.ndarray, k: int = 5, features: np.ndarray | None = None
     ) -> list[Prediction]:
-        """The ``k`` likeliest classes; with ``class_maps`` (``(h, w, classes)``), each
-        with its normalised map."""
+        """The ``k`` likeliest classes; with the image's ``features`` (``(h, w, c)``),
+        each with its class activation map, normalised."""
         best = np.argsort(probabilities)[::-1][:k]
+        maps = None if features is None else class_maps(features, self._weights, best)
         return [
             Prediction(
                 label=self.labels[i][1],
                 probability=float(probabilities[i]),
                 index=int(i),
                 class_id=self.labels[i][0],
-                heatmap=None if class_maps is None else normalise(class_maps[..., i]),
+                heatmap=None if maps is None else normalise(maps[..., rank]),
             )
-            for i in best
+            for rank, i in enumerate(best)
         ]
 
     def classify(self, image: ImageSource, k: int = 5, explain: bool = False) -> list[Prediction]:
@@ -413,9 +435,9 @@ class Classifier:
             self._check_explains()
         inputs = [self.preprocess(image) for image in images]
         batch = inputs[0][np.newaxis] if len(inputs) == 1 else np.stack(inputs)
-        probabilities, maps = self.predict_explained(batch, explain)
+        probabilities, features = self.predict_explained(batch, explain)
         return [
-            self.top_k(row, k, None if maps is None else maps[i])
+            self.top_k(row, k, None if features is None else features[i])
             for i, row in enumerate(probabilities)
         ]
 

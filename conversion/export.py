@@ -9,8 +9,11 @@ and only then written, atomically.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +24,6 @@ from conversion.keras_model import CamHead, Interface, cam_head, with_feature_ma
 
 INPUT_NAME = "images"
 FEATURE_MAP_NAME = "feature_map"
-CLASS_MAPS_NAME = "class_maps"
 DEFAULT_OPSET = 17
 
 _COUNTER_SUFFIX = re.compile(r"__\d+")
@@ -33,9 +35,8 @@ def to_onnx(model: Any, opset: int, shape: Interface) -> onnx.ModelProto:
     The input is ``images``, of ``shape``'s size; the batch dimension stays
     dynamic. The first output is named for what it holds: ``probabilities``
     or ``logits``. Where the model ends in global average pooling and a dense
-    layer (``cam_head``), two more follow: ``feature_map``, the pooling
-    layer's input, and ``class_maps``, that map times the dense kernel, for
-    every class (see ``classifier.metadata.Heatmap``).
+    layer (``cam_head``), a second follows: ``feature_map``, the pooling
+    layer's input (see ``classifier.metadata.Heatmap``).
     """
     import keras
     import tensorflow as tf
@@ -61,34 +62,7 @@ def to_onnx(model: Any, opset: int, shape: Interface) -> onnx.ModelProto:
         _rename_tensor(proto.graph, output.name, name)
     proto.graph.name = model.name
     canonicalize_names(proto.graph)
-    if head is not None:
-        _add_class_maps(proto.graph, head)
     return proto
-
-
-def _add_class_maps(graph: onnx.GraphProto, head: CamHead) -> None:
-    """Append ``class_maps = feature_map @ kernel``, over the dense layer's own initializer.
-
-    The node comes last and reads the kernel tf2onnx already stored, so the
-    model grows by one node, not by a second copy of the weights; ONNX
-    Runtime runs it only when ``class_maps`` is fetched.
-    """
-    kernel = _initializer_equal_to(graph, np.asarray(head.dense.kernel))
-    if kernel is None:
-        raise ValueError(f"the dense layer {head.dense.name!r}'s kernel is not in the ONNX graph")
-    classes = head.dense.units
-    graph.node.append(
-        onnx.helper.make_node(
-            "MatMul", [FEATURE_MAP_NAME, kernel], [CLASS_MAPS_NAME], CLASS_MAPS_NAME
-        )
-    )
-    feature_map = next(value for value in graph.output if value.name == FEATURE_MAP_NAME)
-    dims = [dim.dim_param or dim.dim_value for dim in feature_map.type.tensor_type.shape.dim]
-    graph.output.append(
-        onnx.helper.make_tensor_value_info(
-            CLASS_MAPS_NAME, onnx.TensorProto.FLOAT, [*dims[:-1], classes]
-        )
-    )
 
 
 def _initializer_equal_to(graph: onnx.GraphProto, values: np.ndarray) -> str | None:
@@ -100,19 +74,37 @@ def _initializer_equal_to(graph: onnx.GraphProto, values: np.ndarray) -> str | N
     return None
 
 
-def heatmap_spec(proto: onnx.ModelProto, head: CamHead | None) -> Heatmap | None:
+def class_weights_file(model_path: Path) -> str:
+    """``inception_v3.onnx`` -> ``inception_v3.class_weights.npy``, beside it."""
+    return f"{model_path.stem}.class_weights.npy"
+
+
+def class_weights(head: CamHead) -> bytes:
+    """The dense kernel, one row per class, as ``.npy`` bytes: a class's weights are
+    then one contiguous row the runtime reads from disk (8 kB for InceptionV3)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(np.asarray(head.dense.kernel, np.float32).T))
+    return buffer.getvalue()
+
+
+def heatmap_spec(
+    proto: onnx.ModelProto, head: CamHead | None, weights_file: str, weights: bytes
+) -> Heatmap | None:
     """The metadata's ``heatmap`` block for a graph ``to_onnx`` made, or None ("no heatmap")."""
     if head is None:
         return None
     outputs = {value.name: value for value in proto.graph.output}
-    node = next(node for node in proto.graph.node if node.output[:] == [CLASS_MAPS_NAME])
+    kernel = _initializer_equal_to(proto.graph, np.asarray(head.dense.kernel))
+    if kernel is None:
+        raise ValueError(f"the dense layer {head.dense.name!r}'s kernel is not in the ONNX graph")
     bias = None
     if head.dense.use_bias:
         bias = _initializer_equal_to(proto.graph, np.asarray(head.dense.bias))
     return Heatmap(
         feature_map=_tensor_spec(outputs[FEATURE_MAP_NAME]),
-        class_maps=_tensor_spec(outputs[CLASS_MAPS_NAME]),
-        kernel=node.input[1],
+        class_weights=weights_file,
+        class_weights_sha256=hashlib.sha256(weights).hexdigest(),
+        kernel=kernel,
         bias=bias,
     )
 

@@ -58,10 +58,14 @@ def model_metadata(
 
 
 def heatmap_metadata(
-    proto: onnx.ModelProto, keras_model: Any, report: HeatmapReport | None
+    proto: onnx.ModelProto,
+    keras_model: Any,
+    report: HeatmapReport | None,
+    weights_file: str,
+    weights: bytes | None,
 ) -> Heatmap | None:
     """The ``heatmap`` block, with its verification against Keras; None: "no heatmap"."""
-    spec = heatmap_spec(proto, cam_head(keras_model))
+    spec = heatmap_spec(proto, cam_head(keras_model), weights_file, weights or b"")
     if spec is None or report is None:
         return None
     return replace(spec, verification={"against": "Keras", **asdict(report)})

@@ -15,8 +15,8 @@ weights (``--int8-scheme vnni``) are kept for CPUs with VNNI.
 
 The classifier head (the dense layer and softmax) stays float32: quantized,
 its output would hold 256 levels, so near classes would tie and swap ranks,
-while it costs 2% of the compute. So do the class maps (the feature map
-times the dense kernel), and the feature map stays a float32 output.
+while it costs 2% of the compute. The feature map a heatmap is made of stays
+a float32 output (its values dequantized).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from classifier.metadata import Preprocessing
 from classifier.model import softmax
 from classifier.preprocess import ImageError, preprocess
 from conversion.emulation import HASWELL, EmulatedCpu, emulated_probabilities
-from conversion.export import CLASS_MAPS_NAME
 
 log = logging.getLogger(__name__)
 
@@ -174,18 +173,13 @@ class PhotoReader(CalibrationDataReader):
 
 
 def head_nodes(model: onnx.ModelProto) -> list[str]:
-    """The classifier head: the nodes from the pooled features to the scores, and
-    those from the feature map to the class maps (``conversion.export``), if any."""
+    """The nodes from the pooled features to the output: the classifier head."""
     producers = {output: node for node in model.graph.node for output in node.output}
-    outputs = [value.name for value in model.graph.output]
     names = []
-    for output in [outputs[0]] + [CLASS_MAPS_NAME] * (CLASS_MAPS_NAME in outputs):
-        node = producers.get(output)
-        while node is not None and node.op_type in HEAD_OPERATORS:
-            names.append(node.name)
-            if node.input[0] in outputs:  # the feature map: the convolutions' part ends there
-                break
-            node = producers.get(node.input[0])
+    node = producers.get(model.graph.output[0].name)
+    while node is not None and node.op_type in HEAD_OPERATORS:
+        names.append(node.name)
+        node = producers.get(node.input[0])
     return names
 
 

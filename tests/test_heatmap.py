@@ -26,7 +26,7 @@ from PIL import Image
 from test_user_model import LABELS, SIZE, colour_photo, train
 
 from classifier.heatmap import NoHeatmapError, normalise
-from classifier.metadata import ModelMetadata, metadata_path_for
+from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.model import Classifier
 
 RTOL = 1e-4
@@ -130,12 +130,19 @@ def min_max(class_map: np.ndarray) -> np.ndarray:
     return (class_map - class_map.min()) / (class_map.max() - class_map.min())
 
 
+def all_class_maps(classifier: Classifier, features: np.ndarray) -> np.ndarray:
+    """Every class's raw map ``(n, h, w, classes)`` from the runtime's feature maps and
+    the class weights file the converter wrote beside the model."""
+    weights = np.load(classifier.model_path.parent / classifier.metadata.heatmap.class_weights)
+    return features @ weights.T
+
+
 def assert_maps_equal_keras(model_path: Path, keras_model: object) -> None:
     """Raw maps within RTOL of Keras' largest; each top-5 map, 0..1, within RTOL of Keras'."""
     classifier = Classifier(model_path)
     inputs = np.stack([classifier.preprocess(photo) for photo in PHOTOS])
     expected = keras_class_maps(keras_model, inputs)
-    _, raw = classifier.predict_explained(inputs)
+    raw = all_class_maps(classifier, classifier.predict_explained(inputs)[1])
     assert raw.shape == expected.shape
     assert np.abs(raw - expected).max() <= RTOL * np.abs(expected).max()
     for photo, expected_maps in zip(PHOTOS, expected, strict=True):
@@ -177,8 +184,8 @@ def test_maps_average_to_the_logits(converted: Converted) -> None:
     head's own arithmetic (random weights have no bias: the converter records none)."""
     classifier = Classifier(converted.model_path)
     inputs = classifier.preprocess(CAT_PHOTO)[None]
-    probabilities, raw = classifier.predict_explained(inputs)
-    logits = raw.mean(axis=(1, 2))
+    probabilities, features = classifier.predict_explained(inputs)
+    logits = all_class_maps(classifier, features).mean(axis=(1, 2))
     assert classifier.metadata.heatmap.bias is None
     np.testing.assert_allclose(
         probabilities, np.exp(logits) / np.exp(logits).sum(), rtol=1e-4, atol=1e-9
@@ -195,22 +202,20 @@ def test_metadata_describes_the_heatmap(converted: Converted) -> None:
     heatmap = metadata.heatmap
     assert heatmap.feature_map.name == "feature_map"
     assert heatmap.feature_map.shape == [None, 8, 8, 2048]
-    assert heatmap.class_maps.shape == [None, 8, 8, 1000]
     assert heatmap.verification["passed"] is True
     assert (
         heatmap.verification["max_abs_class_map_diff"]
         <= 1e-3 * heatmap.verification["max_abs_class_map"]
     )
     graph = onnx.load(converted.model_path).graph
-    assert [output.name for output in graph.output] == [
-        "probabilities",
-        "feature_map",
-        "class_maps",
-    ]
-    kernel = next(i for i in graph.initializer if i.name == heatmap.kernel)
-    np.testing.assert_array_equal(
-        onnx.numpy_helper.to_array(kernel), np.asarray(converted.keras_model.layers[-1].kernel)
-    )
+    assert [output.name for output in graph.output] == ["probabilities", "feature_map"]
+    kernel = np.asarray(converted.keras_model.layers[-1].kernel)
+    initializer = next(i for i in graph.initializer if i.name == heatmap.kernel)
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(initializer), kernel)
+    weights = converted.model_path.parent / heatmap.class_weights
+    assert weights.name == "inception_v3.class_weights.npy"
+    assert sha256_of(weights) == heatmap.class_weights_sha256
+    np.testing.assert_array_equal(np.load(weights), kernel.T)
     assert "heatmap PASSED" in converted.stdout
 
 
@@ -218,7 +223,7 @@ def test_user_model_records_its_bias(user_model: Model) -> None:
     import onnx
 
     heatmap = Classifier(user_model.model_path).metadata.heatmap
-    assert heatmap.class_maps.shape == [None, SIZE - 2, SIZE - 2, len(LABELS)]
+    assert heatmap.feature_map.shape == [None, SIZE - 2, SIZE - 2, 8]
     bias = next(
         i for i in onnx.load(user_model.model_path).graph.initializer if i.name == heatmap.bias
     )
@@ -230,6 +235,7 @@ def test_a_model_without_the_head_says_no_heatmap(flat_model: Path) -> None:
     metadata = ModelMetadata.from_json(metadata_path_for(flat_model).read_text())
     assert metadata.heatmap is None
     assert '"heatmap": null' in metadata_path_for(flat_model).read_text()
+    assert not list(flat_model.parent.glob("*.npy"))
     classifier = Classifier(flat_model)
     assert not classifier.explains
     with pytest.raises(NoHeatmapError, match="no heatmap"):
@@ -395,3 +401,13 @@ def test_page_shows_no_heatmap_for_a_model_without_one(flat_model: Path, model_p
 
     assert "heatmap" not in elements(flat_model)
     assert {"heatmap", "heatmap-class", "heatmap-on"} <= elements(model_path)
+
+
+def test_a_missing_class_weights_file_is_a_clear_error(user_model: Model, tmp_path: Path) -> None:
+    from classifier.model import ModelError
+
+    for path in user_model.model_path.parent.iterdir():
+        if path.suffix != ".npy":
+            (tmp_path / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(ModelError, match=r"Class weights file .* is missing"):
+        Classifier(tmp_path / user_model.model_path.name)
