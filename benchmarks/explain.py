@@ -78,7 +78,7 @@ def without_heatmap(model: Path, folder: Path) -> Path:
 
 def maps_alone(classifier: Classifier, photo: Path) -> Callable[[], object]:
     """What explain adds after the run: the top 5 classes' maps from the feature map
-    (their rows of the class weights, read from disk) and their normalisation."""
+    (their rows of the class weights, read from the file) and their normalisation."""
     probabilities, features = classifier.predict_explained(classifier.preprocess(photo)[None])
     top = np.argsort(probabilities[0])[::-1][:5]
     weights = classifier._weights

@@ -29,6 +29,7 @@ from classifier.batching import Batcher
 from classifier.cpu import log_cpu_support
 from classifier.heatmap import (
     MAX_OVERLAY_SIDE,
+    ClassWeights,
     NoHeatmapError,
     class_maps,
     normalise,
@@ -372,8 +373,8 @@ class Classifier:
             )
         return {False: names, True: [*names, heatmap.feature_map.name]}
 
-    def _class_weights(self) -> np.ndarray | None:
-        """The dense kernel's rows, mapped from the file beside the model (not read in)."""
+    def _class_weights(self) -> ClassWeights | None:
+        """The dense kernel's rows, in the file beside the model (read a few at a time)."""
         heatmap = self.metadata.heatmap
         if heatmap is None:
             return None
@@ -383,7 +384,7 @@ class Classifier:
                 f"Class weights file {path} is missing or does not match the model's "
                 f"metadata: {CONVERT_HINT} again, and ship the file with the model."
             )
-        weights = np.load(path, mmap_mode="r")
+        weights = ClassWeights(path)
         channels = heatmap.feature_map.shape[-1]
         if weights.shape != (self.metadata.classes, channels):
             raise ModelError(
