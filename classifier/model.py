@@ -384,7 +384,10 @@ class Classifier:
                 f"Class weights file {path} is missing or does not match the model's "
                 f"metadata: {CONVERT_HINT} again, and ship the file with the model."
             )
-        weights = ClassWeights(path)
+        try:
+            weights = ClassWeights(path)
+        except (ValueError, OSError) as error:
+            raise ModelError(f"{path} cannot be read ({error}): {CONVERT_HINT} again.") from error
         channels = heatmap.feature_map.shape[-1]
         if weights.shape != (self.metadata.classes, channels):
             raise ModelError(
