@@ -25,7 +25,7 @@ from classifier.errors import ClassifierError
 from classifier.labels import LabelsError, read_labels
 from classifier.metadata import NORMALIZATIONS, Preprocessing
 from classifier.model import ModelError, load_metadata
-from conversion.artifacts import OutputError, check_writable, publish
+from conversion.artifacts import OutputError, check_writable, publish, write_atomic
 from conversion.export import DEFAULT_OPSET
 from conversion.keras_model import (
     DEFAULT_FAMILY,
@@ -45,6 +45,10 @@ from conversion.verify import Tolerance
 DEFAULT_MIN_TOP1_AGREEMENT = 0.99
 DEFAULT_EMULATED_PHOTOS = 8
 DEFAULT_MAX_CPU_DIFFERENCE = 0.01
+NO_HEATMAP = (
+    "no heatmap: the model does not end in global average pooling and a dense layer, "
+    "so it gets no class activation maps (the metadata says so)"
+)
 
 
 class VerificationError(ClassifierError):
@@ -291,9 +295,16 @@ def step(title: str) -> Iterator[None]:
 
 def convert(args: argparse.Namespace) -> None:
     """Build, convert, verify, then write; nothing is written unless verified."""
-    from conversion.export import to_onnx
-    from conversion.keras_model import build_model, in_model_scaling, interface, load_keras_file
-    from conversion.verify import check_parity, verification_inputs
+    from conversion.export import class_weights, class_weights_file, to_onnx
+    from conversion.keras_model import (
+        build_model,
+        cam_head,
+        in_model_scaling,
+        interface,
+        load_keras_file,
+    )
+    from conversion.metadata import heatmap_metadata
+    from conversion.verify import check_heatmap, check_parity, verification_inputs
 
     check_writable(args.output.parent)
     if is_keras_file(args.model):
@@ -320,11 +331,17 @@ def convert(args: argparse.Namespace) -> None:
         tolerance = Tolerance(args.logits_rtol, args.probabilities_atol)
         report = check_parity(keras_model, proto, inputs, tolerance)
         print(f"  {report.summary()}")
-    if not report.passed:
-        raise VerificationError(
-            f"The ONNX model does not match Keras ({report.summary()}); nothing was written."
-        )
+        heatmap = check_heatmap(keras_model, proto, inputs, tolerance)
+        print(f"  {heatmap.summary() if heatmap else NO_HEATMAP}")
+    for check in (report, heatmap):
+        if check is not None and not check.passed:
+            raise VerificationError(
+                f"The ONNX model does not match Keras ({check.summary()}); nothing was written."
+            )
     with step(f"Writing {args.output}"):
+        cam = cam_head(keras_model)
+        weights_file = class_weights_file(args.output)
+        weights_bytes = class_weights(cam) if heatmap else None
         metadata = model_metadata(
             args.output,
             model_bytes,
@@ -337,7 +354,10 @@ def convert(args: argparse.Namespace) -> None:
             opset=args.opset,
             report=report,
             in_model_preprocessing=scaling,
+            heatmap=heatmap_metadata(proto, keras_model, heatmap, weights_file, weights_bytes),
         )
+        if weights_bytes is not None:  # before the metadata that vouches for it
+            write_atomic(args.output.parent / weights_file, weights_bytes)
         publish(args.output, model_bytes, metadata, args.labels.read_bytes())
     print(
         f"Wrote {args.output} ({len(model_bytes) / 1e6:.1f} MB, sha256 {metadata.sha256[:12]}...)"

@@ -8,6 +8,7 @@ with a status that says whose fault it is (``ClassifierError.status``), the
 framework's own (404, 405, validation) included; bad input never gets a 500.
 """
 
+import base64
 import http
 import logging
 import tempfile
@@ -32,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from classifier import metrics
 from classifier.errors import ClassifierError
+from classifier.heatmap import NoHeatmapError, png
 from classifier.model import Classifier, Prediction
 from classifier.preprocess import ImageError, ImageTooLargeError, UnsupportedImageError
 from classifier.request_id import RequestContext
@@ -51,6 +53,11 @@ class PredictionOut(BaseModel):
     label: str = Field(examples=["tabby cat"])
     index: int = Field(examples=[281])
     probability: float = Field(examples=[0.83])
+    heatmap: list[list[float]] | None = Field(
+        None,
+        description="With `explain=true`: where the model saw this class, 0..1, at the last "
+        "feature map's resolution (8 x 8 for InceptionV3), rows top to bottom",
+    )
 
 
 class ModelOut(BaseModel):
@@ -62,6 +69,11 @@ class ModelOut(BaseModel):
 class ClassificationOut(BaseModel):
     predictions: list[PredictionOut]
     model: ModelOut
+    overlay: str | None = Field(
+        None,
+        description="With `explain=true`: the top class's heatmap over the photo (upright, at "
+        "most 1024 pixels a side), a PNG in base64",
+    )
 
 
 class ErrorOut(BaseModel):
@@ -247,13 +259,21 @@ def methods_of(api: FastAPI, request: Request) -> set[str]:
     return set()
 
 
-def classification_out(predictions: list[Prediction], model: ModelOut) -> ClassificationOut:
+def classification_out(
+    predictions: list[Prediction], model: ModelOut, overlay: str | None = None
+) -> ClassificationOut:
     return ClassificationOut(
         predictions=[
-            PredictionOut(label=p.label, index=p.index, probability=p.probability)
+            PredictionOut(
+                label=p.label,
+                index=p.index,
+                probability=p.probability,
+                heatmap=None if p.heatmap is None else p.heatmap.tolist(),
+            )
             for p in predictions
         ],
         model=model,
+        overlay=overlay,
     )
 
 
@@ -278,6 +298,11 @@ def build_api(classifier: Classifier) -> FastAPI:
     api.add_middleware(BodyLimit)
     api.add_middleware(RequestContext)  # outermost: its id is on the others' log lines
 
+    def top_overlay(upload: BinaryIO, predictions: list[Prediction]) -> str:
+        """The top class's heatmap over the photo, a PNG in base64."""
+        image = classifier.overlay(upload, predictions[0].heatmap)
+        return base64.b64encode(png(image)).decode("ascii")
+
     @api.post(
         "/classify",
         response_model=ClassificationOut,
@@ -288,24 +313,36 @@ def build_api(classifier: Classifier) -> FastAPI:
                 (400, "An unreadable, truncated or corrupt image"),
                 (413, "A file or image over the limits"),
                 (415, "Not an image type the app reads"),
-                (422, "A bad `k`"),
+                (422, "A bad `k`, or `explain` for a model without a heatmap"),
                 (500, "A bug: the answer names the request's id, which its log lines carry"),
                 (503, "Saturated or shutting down: retry after `Retry-After` seconds"),
             )
         },
         openapi_extra=UPLOAD_DOC,
+        response_model_exclude_none=True,
     )
     async def classify(
         request: Request,
         k: Annotated[int, Query(ge=1, le=classes, description="How many classes")] = DEFAULT_K,
-    ) -> ClassificationOut:
+        explain: Annotated[
+            bool, Query(description="Add each class's heatmap and the top one over the photo")
+        ] = False,
+    ) -> ClassificationOut | Response:
+        if explain and not classifier.explains:
+            raise NoHeatmapError(
+                f"explain: {metadata.name} gives no heatmap (its head is not global "
+                "average pooling and a dense layer); leave explain out."
+            )
         with metrics.observed("classify"):
             upload = await read_upload(request)
             try:
-                predictions = await run_in_threadpool(classifier.classify, upload, k)
+                predictions = await run_in_threadpool(classifier.classify, upload, k, explain)
+                overlay = (
+                    await run_in_threadpool(top_overlay, upload, predictions) if explain else None
+                )
             finally:
                 upload.close()
-        return classification_out(predictions, model)
+        return classification_out(predictions, model, overlay)
 
     @api.get("/healthz", summary="The process answers")
     async def healthz() -> dict[str, str]:

@@ -138,12 +138,37 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class Heatmap:
+    """Where a model's class activation maps come from (Zhou et al., CVPR 2016).
+
+    The model ends in global average pooling and a dense layer, so its last
+    feature map (``feature_map``, the pooling layer's input, a further ONNX
+    output) times the dense kernel's column for a class says how much each
+    region added to that class's score. ``kernel`` and ``bias`` name the dense
+    layer's weights among the ONNX initializers (a zero bias is folded away by
+    the converter: None); ``class_weights`` is the kernel again beside the
+    model, one row per class (``.npy``, pinned by ``class_weights_sha256``),
+    which the runtime maps from disk and reads a few rows of: ONNX Runtime
+    does not hand its initializers out, and a class-maps node in the graph
+    slowed every run, fetched or not.
+    """
+
+    feature_map: TensorSpec
+    class_weights: str
+    class_weights_sha256: str
+    kernel: str
+    bias: str | None = None
+    verification: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ModelMetadata:
     """Everything needed to serve, trust and reproduce one model file.
 
     ``name`` is what the page and the API call the model; ``scores`` says
     whether its output is ``probabilities`` or ``logits`` (the runtime then
-    applies the softmax).
+    applies the softmax); ``heatmap`` is None ("no heatmap") where the model
+    does not end in global average pooling and a dense layer.
     """
 
     model_file: str
@@ -164,6 +189,7 @@ class ModelMetadata:
     calibration: dict[str, Any] = field(default_factory=dict)
     in_model_preprocessing: list[dict[str, Any]] = field(default_factory=list)
     """The Rescaling/Normalization layers the converter found at the model's start."""
+    heatmap: Heatmap | None = None
     format_version: Literal[2] = FORMAT_VERSION
 
     @property

@@ -12,12 +12,15 @@ import ctypes
 import logging
 import math
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
 
 from classifier import metrics
 from classifier.admission import MemoryBudget
@@ -25,6 +28,16 @@ from classifier.assets import DEFAULT_MODEL_PATH
 from classifier.batching import Batcher
 from classifier.cpu import log_cpu_support
 from classifier.errors import ClassifierError
+from classifier.heatmap import (
+    MAX_OVERLAY_SIDE,
+    ClassWeights,
+    NoHeatmapError,
+    class_maps,
+    normalise,
+    overlay,
+    overlay_cost,
+    photo_for_overlay,
+)
 from classifier.labels import Label, LabelsError, read_labels
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.preprocess import (
@@ -53,6 +66,9 @@ class Prediction:
     probability: float
     index: int
     class_id: str
+    heatmap: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """With ``explain=True``: where the model saw this class, ``(h, w)`` float32 in
+    0..1 at the last feature map's resolution (see ``classifier.heatmap``)."""
 
 
 def available_cores() -> int:
@@ -237,7 +253,15 @@ class Classifier:
                 f"onnxruntime cannot load {self.model_path} ({error}): {CONVERT_HINT} again."
             ) from error
         self._input_name = self._session.get_inputs()[0].name
+        self._outputs = self._output_names()
+        self._weights = self._class_weights()
+        self._explaining = 0
+        self._explaining_lock = threading.Lock()
+        # Only what is fetched runs: the class maps cost nothing unless asked for.
+        self._fetching = ort.RunOptions()
+        self._fetching.only_execute_path_to_fetches = True
         self._settling = ort.RunOptions()
+        self._settling.only_execute_path_to_fetches = True
         self._settling.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         admission = admission or AdmissionSettings()
         self.budget = MemoryBudget(
@@ -276,7 +300,7 @@ class Classifier:
     def warm_up(self) -> None:
         """One run at start, so the first user does not pay for lazy set-up."""
         spec = self.metadata.preprocessing
-        self.predict(np.zeros((1, spec.height, spec.width, 3), np.float32))
+        self.predict_explained(np.zeros((1, spec.height, spec.width, 3), np.float32), self.explains)
         release_freed_memory()
         self.ready = True
 
@@ -293,33 +317,147 @@ class Classifier:
         Runs go one at a time; inputs of callers that arrive meanwhile go
         into the next run together.
         """
-        with metrics.INFERENCE_SECONDS.time():
-            scores = self._run_batched(batch)
-        return softmax(scores) if self.metadata.scores == "logits" else scores
+        return self.predict_explained(batch, explain=False)[0]
+
+    def predict_explained(
+        self, batch: np.ndarray, explain: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Model inputs -> probabilities and, with ``explain``, the last feature map
+        ``(n, h, w, channels)`` from the same run (``heatmap.class_maps`` makes maps of it)."""
+        if explain:
+            self._check_explains()
+        with metrics.INFERENCE_SECONDS.time(), self._explained(explain):
+            packed = self._run_batched(batch)
+        classes = self.metadata.classes
+        scores = packed[:, :classes]
+        if self.metadata.scores == "logits":
+            scores = softmax(scores)
+        if not explain:
+            return scores, None
+        assert self.metadata.heatmap is not None
+        shape = self.metadata.heatmap.feature_map.shape[1:]
+        return scores, packed[:, classes:].reshape(len(batch), *shape)
+
+    @property
+    def explains(self) -> bool:
+        """Whether the model gives class activation maps (``explain=True``)."""
+        return self.metadata.heatmap is not None
+
+    def _check_explains(self) -> None:
+        if not self.explains:
+            raise NoHeatmapError(
+                f"{self.metadata.name} gives no heatmap: only models that end in global "
+                'average pooling and a dense layer do (its metadata says "heatmap": null).'
+            )
+
+    @contextmanager
+    def _explained(self, explain: bool) -> Iterator[None]:
+        """While an explaining caller waits, every run also fetches the feature map."""
+        if not explain:
+            yield
+            return
+        with self._explaining_lock:
+            self._explaining += 1
+        try:
+            yield
+        finally:
+            with self._explaining_lock:
+                self._explaining -= 1
+
+    def _output_names(self) -> dict[bool, list[str]]:
+        """The outputs a run fetches, without and with the feature map."""
+        names = [self.metadata.output.name]
+        heatmap = self.metadata.heatmap
+        if heatmap is None:
+            return {False: names, True: names}
+        served = {output.name for output in self._session.get_outputs()}
+        if heatmap.feature_map.name not in served:
+            raise ModelError(
+                f"{self.model_path} has no output {heatmap.feature_map.name!r}, which its "
+                f"metadata promises: {CONVERT_HINT} again."
+            )
+        return {False: names, True: [*names, heatmap.feature_map.name]}
+
+    def _class_weights(self) -> ClassWeights | None:
+        """The dense kernel's rows, in the file beside the model (read a few at a time)."""
+        heatmap = self.metadata.heatmap
+        if heatmap is None:
+            return None
+        path = self.model_path.parent / heatmap.class_weights
+        if not path.is_file() or sha256_of(path) != heatmap.class_weights_sha256:
+            raise ModelError(
+                f"Class weights file {path} is missing or does not match the model's "
+                f"metadata: {CONVERT_HINT} again, and ship the file with the model."
+            )
+        try:
+            weights = ClassWeights(path)
+        except (ValueError, OSError) as error:
+            raise ModelError(f"{path} cannot be read ({error}): {CONVERT_HINT} again.") from error
+        channels = heatmap.feature_map.shape[-1]
+        if weights.shape != (self.metadata.classes, channels):
+            raise ModelError(
+                f"{path} holds {weights.shape}, not ({self.metadata.classes}, {channels})."
+            )
+        return weights
 
     def _run(self, batch: np.ndarray, settle: bool) -> np.ndarray:
-        """One model run; ``settle`` hands the arena's growth from batches back after it."""
-        options = self._settling if settle else None
-        return self._session.run(None, {self._input_name: batch}, options)[0]
+        """One model run; ``settle`` hands the arena's growth from batches back after it.
 
-    def top_k(self, probabilities: np.ndarray, k: int = 5) -> list[Prediction]:
+        While a caller waits for class maps, the feature map is fetched too, each
+        row's packed after its scores, so the batcher splits them by row alike.
+        """
+        names = self._outputs[self._explaining > 0]
+        options = self._settling if settle else self._fetching
+        scores, *maps = self._session.run(names, {self._input_name: batch}, options)
+        if not maps:
+            return scores
+        return np.concatenate([scores, maps[0].reshape(len(batch), -1)], axis=1)
+
+    def top_k(
+        self, probabilities: np.ndarray, k: int = 5, features: np.ndarray | None = None
+    ) -> list[Prediction]:
+        """The ``k`` likeliest classes; with the image's ``features`` (``(h, w, c)``),
+        each with its class activation map, normalised."""
         best = np.argsort(probabilities)[::-1][:k]
+        maps = None if features is None else class_maps(features, self._weights, best)
         return [
             Prediction(
                 label=self.labels[i][1],
                 probability=float(probabilities[i]),
                 index=int(i),
                 class_id=self.labels[i][0],
+                heatmap=None if maps is None else normalise(maps[..., rank]),
             )
-            for i in best
+            for rank, i in enumerate(best)
         ]
 
-    def classify(self, image: ImageSource, k: int = 5) -> list[Prediction]:
-        """One image (path, bytes, file object or PIL image) -> its top-k classes."""
-        return self.classify_batch([image], k)[0]
+    def classify(self, image: ImageSource, k: int = 5, explain: bool = False) -> list[Prediction]:
+        """One image (path, bytes, file object or PIL image) -> its top-k classes;
+        with ``explain``, each with its class activation map (``Prediction.heatmap``)."""
+        return self.classify_batch([image], k, explain)[0]
 
-    def classify_batch(self, images: Sequence[ImageSource], k: int = 5) -> list[list[Prediction]]:
+    def classify_batch(
+        self, images: Sequence[ImageSource], k: int = 5, explain: bool = False
+    ) -> list[list[Prediction]]:
         """Several images -> their top-k classes, in one model run."""
+        if explain:
+            self._check_explains()
         inputs = [self.preprocess(image) for image in images]
         batch = inputs[0][np.newaxis] if len(inputs) == 1 else np.stack(inputs)
-        return [self.top_k(row, k) for row in self.predict(batch)]
+        probabilities, features = self.predict_explained(batch, explain)
+        return [
+            self.top_k(row, k, None if features is None else features[i])
+            for i, row in enumerate(probabilities)
+        ]
+
+    def overlay(
+        self, image: ImageSource, heatmap: np.ndarray, max_side: int | None = MAX_OVERLAY_SIDE
+    ) -> Image.Image:
+        """``image`` as sent (upright, shrunk to ``max_side``) with ``heatmap`` over it.
+
+        Its decode and the overlay's buffers draw on the memory budget, as a
+        classification's decode does.
+        """
+        photo = photo_for_overlay(image, max_side, self.max_pixels, self.budget.reserve)
+        with self.budget.reserve(overlay_cost(photo)):
+            return overlay(photo, heatmap)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
+import numpy as np
 from fastapi import FastAPI
+from PIL import Image
 
 from classifier import internals, metrics, request_id
 from classifier.api import error_handlers
 from classifier.errors import ClassifierError
+from classifier.heatmap import photo_for_overlay
 from classifier.metadata import ModelMetadata
-from classifier.model import Classifier
+from classifier.model import Classifier, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,39 @@ def provenance(metadata: ModelMetadata) -> str:
     )
 
 
+Explanation = dict[str, Any]
+"""What the page keeps of a classification to draw its heatmaps: the photo's path,
+the top classes' labels and their maps (lists, which Gradio's state compares)."""
+
+
+def explanation(image_path: str, predictions: list[Prediction]) -> Explanation:
+    return {
+        "photo": image_path,
+        "labels": [p.label for p in predictions],
+        "maps": [p.heatmap.tolist() for p in predictions],
+    }
+
+
+def heatmap_view(
+    classifier: Classifier, explained: Explanation | None, choice: str | None, show: bool
+) -> Image.Image | None:
+    """The photo with ``choice``'s heatmap over it (the top class's if none), or bare."""
+    if not explained:
+        return None
+    labels = explained["labels"]
+    index = labels.index(choice) if choice in labels else 0
+    try:
+        if not show:
+            return photo_for_overlay(
+                explained["photo"],
+                max_pixels=classifier.max_pixels,
+                admit=classifier.budget.reserve,
+            )
+        return classifier.overlay(explained["photo"], np.asarray(explained["maps"][index]))
+    except Exception as error:
+        raise page_error(error) from error
+
+
 def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
     """The page, with a stable ``/predict`` API endpoint for ``gradio_client``.
 
@@ -92,22 +129,25 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
     answer on screen (Gradio 6.31's ``scroll_to_output`` does nothing).
     """
 
-    def predict(image_path: str | None, request: gr.Request) -> dict[str, float]:
+    def classify(
+        image_path: str | None, request: gr.Request
+    ) -> tuple[dict[str, float], Explanation | None]:
         request_id.current.set(request_id.request_id_from(request.headers.get(request_id.HEADER)))
         if image_path is None:
             raise gr.Error("Please upload an image first.")
         try:
             with metrics.observed("page"):
-                predictions = classifier.classify(image_path, TOP_K)
-        except ClassifierError as error:
-            if error.server_fault:
-                raise internal_error(error) from error
-            # The visitor's to fix or to retry: the message stays until closed, and no
-            # traceback goes to the server log.
-            raise gr.Error(str(error), duration=None, print_exception=False) from error
+                predictions = classifier.classify(image_path, TOP_K, explain=classifier.explains)
         except Exception as error:
-            raise internal_error(error) from error
-        return {prediction.label: prediction.probability for prediction in predictions}
+            raise page_error(error) from error
+        answer = {prediction.label: prediction.probability for prediction in predictions}
+        return answer, explanation(image_path, predictions) if classifier.explains else None
+
+    def explained_answer(explained: Explanation | None, show: bool) -> tuple[Any, Any]:
+        """A new answer: the top class's heatmap, and the top classes to choose from."""
+        labels = explained["labels"] if explained else []
+        chooser = gr.Radio(choices=labels, value=labels[0] if labels else None)
+        return heatmap_view(classifier, explained, None, show), chooser
 
     metadata = classifier.metadata
     with gr.Blocks(
@@ -119,34 +159,68 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
         label = gr.Label(
             num_top_classes=TOP_K, label=f"Top {TOP_K} classes", elem_id="answer", render=False
         )
+        # The heatmap of each classification; with a model that has none, never shown.
+        explained = gr.State()
+        heatmap = gr.Image(
+            label="Where the model looked",
+            type="pil",
+            interactive=False,
+            elem_id="heatmap",
+            render=False,
+        )
+        chooser = gr.Radio(label="Heatmap of", elem_id="heatmap-class", render=False)
+        show = gr.Checkbox(value=True, label="Show the heatmap", elem_id="heatmap-on", render=False)
+        outputs = [label, explained]
         with gr.Row(equal_height=False):
             with gr.Column():
                 image = uploaded_image(label="Photo", sources=["upload", "clipboard"])
                 submit = gr.Button("Classify", variant="primary")
                 # Wired before the examples, whose event would otherwise take "predict"
-                # and leave this one the public "/predict_1".
+                # and leave this one the public "/predict_1". The state is no part of
+                # the API: gradio_client gets the label alone.
                 submit.click(
-                    predict, image, label, api_name="predict", concurrency_limit=CONCURRENCY
+                    classify, image, outputs, api_name="predict", concurrency_limit=CONCURRENCY
                 ).success(None, js=SHOW_ANSWER_JS)
                 gr.Examples(
                     examples=[[str(path)] for path in examples],
                     inputs=image,
-                    outputs=label,
-                    fn=predict,
+                    outputs=outputs,
+                    fn=classify,
                     run_on_click=True,
                     cache_examples=False,
                     label="Or try an example",
                 )
             with gr.Column():
                 label.render()
+                if classifier.explains:
+                    heatmap.render()
+                    chooser.render()
+                    show.render()
+        if classifier.explains:
+            private = {"api_visibility": "private", "concurrency_limit": CONCURRENCY}
+            explained.change(explained_answer, [explained, show], [heatmap, chooser], **private)
+            for control in (chooser, show):
+                control.input(
+                    lambda state, choice, on: heatmap_view(classifier, state, choice, on),
+                    [explained, chooser, show],
+                    heatmap,
+                    **private,
+                )
         gr.Markdown(provenance(metadata))
     demo.queue(max_size=QUEUE_SIZE)
     internals.set_queue_polling(demo, QUEUE_POLL_S, PROGRESS_POLL_S)
     return demo
 
 
-def internal_error(error: Exception) -> gr.Error:
-    """A bug: logged with its traceback and the request id, which is all the visitor sees."""
+def page_error(error: Exception) -> gr.Error:
+    """What the visitor sees of ``error``.
+
+    Theirs to fix or to retry: its message, which stays until closed, and no
+    traceback in the server log. A bug: logged with its traceback and the
+    request id, which is all the visitor sees.
+    """
+    if isinstance(error, ClassifierError) and not error.server_fault:
+        return gr.Error(str(error), duration=None, print_exception=False)
     log.error("Unexpected error on the page", exc_info=error)
     metrics.UNEXPECTED_ERRORS.inc()
     return gr.Error(request_id.internal_error_message(), duration=None, print_exception=False)

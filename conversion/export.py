@@ -9,15 +9,21 @@ and only then written, atomically.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
-from conversion.keras_model import Interface
+from classifier.metadata import Heatmap, TensorSpec
+from conversion.keras_model import CamHead, Interface, cam_head, with_feature_map
 
 INPUT_NAME = "images"
+FEATURE_MAP_NAME = "feature_map"
 DEFAULT_OPSET = 17
 
 _COUNTER_SUFFIX = re.compile(r"__\d+")
@@ -27,8 +33,10 @@ def to_onnx(model: Any, opset: int, shape: Interface) -> onnx.ModelProto:
     """Convert a Keras classifier with NHWC float32 input to ONNX.
 
     The input is ``images``, of ``shape``'s size; the batch dimension stays
-    dynamic. The one output is named for what it holds: ``probabilities``
-    or ``logits``.
+    dynamic. The first output is named for what it holds: ``probabilities``
+    or ``logits``. Where the model ends in global average pooling and a dense
+    layer (``cam_head``), a second follows: ``feature_map``, the pooling
+    layer's input (see ``classifier.metadata.Heatmap``).
     """
     import keras
     import tensorflow as tf
@@ -38,18 +46,72 @@ def to_onnx(model: Any, opset: int, shape: Interface) -> onnx.ModelProto:
     # does on MobileNetV3) and logs the traceback as a warning; the graph is
     # verified against Keras either way.
     logging.getLogger("tf2onnx.optimizer").setLevel(logging.ERROR)
-    if isinstance(model, keras.Sequential):
+    head = cam_head(model)
+    if head is not None:
+        model = with_feature_map(model, head)
+    elif isinstance(model, keras.Sequential):
         # tf2onnx 1.17 looks up a Keras 3 Sequential model's output under the
         # wrong name; a functional model over the same layers converts.
         model = keras.Model(model.inputs, model.outputs, name=model.name)
     signature = (tf.TensorSpec((None, shape.height, shape.width, 3), tf.float32, name=INPUT_NAME),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=opset)
-    if len(proto.graph.output) != 1:
-        raise ValueError(f"expected one model output, got {len(proto.graph.output)}")
-    _rename_tensor(proto.graph, proto.graph.output[0].name, shape.scores)
+    names = [shape.scores] + [FEATURE_MAP_NAME] * (head is not None)
+    if len(proto.graph.output) != len(names):
+        raise ValueError(f"expected {len(names)} model outputs, got {len(proto.graph.output)}")
+    for output, name in zip(list(proto.graph.output), names, strict=True):
+        _rename_tensor(proto.graph, output.name, name)
     proto.graph.name = model.name
     canonicalize_names(proto.graph)
     return proto
+
+
+def _initializer_equal_to(graph: onnx.GraphProto, values: np.ndarray) -> str | None:
+    """The name of the initializer holding exactly ``values``, if any."""
+    for initializer in graph.initializer:
+        same_shape = tuple(initializer.dims) == values.shape
+        if same_shape and np.array_equal(onnx.numpy_helper.to_array(initializer), values):
+            return initializer.name
+    return None
+
+
+def class_weights_file(model_path: Path) -> str:
+    """``inception_v3.onnx`` -> ``inception_v3.class_weights.npy``, beside it."""
+    return f"{model_path.stem}.class_weights.npy"
+
+
+def class_weights(head: CamHead) -> bytes:
+    """The dense kernel, one row per class, as ``.npy`` bytes: a class's weights are
+    then one contiguous row the runtime reads from disk (8 kB for InceptionV3)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(np.asarray(head.dense.kernel, np.float32).T))
+    return buffer.getvalue()
+
+
+def heatmap_spec(
+    proto: onnx.ModelProto, head: CamHead | None, weights_file: str, weights: bytes
+) -> Heatmap | None:
+    """The metadata's ``heatmap`` block for a graph ``to_onnx`` made, or None ("no heatmap")."""
+    if head is None:
+        return None
+    outputs = {value.name: value for value in proto.graph.output}
+    kernel = _initializer_equal_to(proto.graph, np.asarray(head.dense.kernel))
+    if kernel is None:
+        raise ValueError(f"the dense layer {head.dense.name!r}'s kernel is not in the ONNX graph")
+    bias = None
+    if head.dense.use_bias:
+        bias = _initializer_equal_to(proto.graph, np.asarray(head.dense.bias))
+    return Heatmap(
+        feature_map=_tensor_spec(outputs[FEATURE_MAP_NAME]),
+        class_weights=weights_file,
+        class_weights_sha256=hashlib.sha256(weights).hexdigest(),
+        kernel=kernel,
+        bias=bias,
+    )
+
+
+def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    dims = value.type.tensor_type.shape.dim
+    return TensorSpec(value.name, [dim.dim_value or None for dim in dims])
 
 
 def canonicalize_names(graph: onnx.GraphProto) -> None:

@@ -10,6 +10,7 @@ logits.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -472,3 +473,55 @@ def _short(value: float | list[float]) -> str:
     values = value if isinstance(value, list) else [value]
     text = ", ".join(f"{number:.4g}" for number in values)
     return f"[{text}]" if isinstance(value, list) else text
+
+
+@dataclass(frozen=True)
+class CamHead:
+    """A head that makes class activation maps exact: global average pooling, then
+    (past any dropout) one dense layer. ``pooling``'s input is the last feature map."""
+
+    pooling: Any
+    dense: Any
+
+
+def cam_head(model: Any) -> CamHead | None:
+    """The model's class-activation-map head, or None where it ends otherwise
+    (e.g. Flatten and dense layers, a 1x1 convolution, a normalization after the pooling)."""
+    import keras
+
+    layers = list(model.layers)
+    if layers and isinstance(layers[-1], keras.layers.Softmax | keras.layers.Activation):
+        layers.pop()  # a softmax of its own (output_scores refuses any other activation)
+    if not layers or not isinstance(layers[-1], keras.layers.Dense):
+        return None
+    chain = [layers.pop()]
+    while layers and isinstance(layers[-1], keras.layers.Dropout):
+        chain.insert(0, layers.pop())
+    if not layers or not isinstance(layers[-1], keras.layers.GlobalAveragePooling2D):
+        return None
+    pooling = layers[-1]
+    if pooling.keepdims or pooling.data_format != "channels_last":
+        return None
+    if not isinstance(model, keras.Sequential) and not _chained([pooling, *chain]):
+        return None
+    return CamHead(pooling, chain[-1])
+
+
+def _chained(layers: list[Any]) -> bool:
+    """Each layer of a functional model takes the one before it as its only input."""
+    try:
+        return all(after.input is before.output for before, after in itertools.pairwise(layers))
+    except (AttributeError, ValueError):  # a layer called more than once has no one input
+        return False
+
+
+def with_feature_map(model: Any, head: CamHead) -> Any:
+    """The model with a second output: the last feature map (``head.pooling``'s input).
+
+    Built by ``tapped``, so Sequential models and nested bases work as functional ones.
+    """
+    import keras
+
+    graph = tapped(model, [head.pooling])
+    output, feature_map, _ = graph.outputs
+    return keras.Model(graph.input, [output, feature_map], name=model.name)

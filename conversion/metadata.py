@@ -7,12 +7,14 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from classifier.metadata import ModelMetadata, Preprocessing, TensorSpec
+import onnx
+
+from classifier.metadata import Heatmap, ModelMetadata, Preprocessing, TensorSpec
 from conversion.artifacts import sha256_of_bytes
-from conversion.export import INPUT_NAME
-from conversion.keras_model import Interface, WeightsSource
+from conversion.export import INPUT_NAME, heatmap_spec
+from conversion.keras_model import Interface, WeightsSource, cam_head
 from conversion.quantize import Int8Verification
-from conversion.verify import ParityReport
+from conversion.verify import HeatmapReport, ParityReport
 
 TOOLCHAIN = ("tensorflow-cpu", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy", "pillow")
 
@@ -34,6 +36,7 @@ def model_metadata(
     opset: int,
     report: ParityReport,
     in_model_preprocessing: list[dict[str, Any]],
+    heatmap: Heatmap | None = None,
 ) -> ModelMetadata:
     """``in_model_preprocessing``: the scaling layers found at the model's start."""
     return ModelMetadata(
@@ -53,7 +56,22 @@ def model_metadata(
         versions=toolchain_versions(),
         verification={"against": "Keras", **asdict(report)},
         in_model_preprocessing=in_model_preprocessing,
+        heatmap=heatmap,
     )
+
+
+def heatmap_metadata(
+    proto: onnx.ModelProto,
+    keras_model: Any,
+    report: HeatmapReport | None,
+    weights_file: str,
+    weights: bytes | None,
+) -> Heatmap | None:
+    """The ``heatmap`` block, with its verification against Keras; None: "no heatmap"."""
+    spec = heatmap_spec(proto, cam_head(keras_model), weights_file, weights or b"")
+    if spec is None or report is None:
+        return None
+    return replace(spec, verification={"against": "Keras", **asdict(report)})
 
 
 def int8_metadata(

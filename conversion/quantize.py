@@ -15,7 +15,8 @@ weights (``--int8-scheme vnni``) are kept for CPUs with VNNI.
 
 The classifier head (the dense layer and softmax) stays float32: quantized,
 its output would hold 256 levels, so near classes would tie and swap ranks,
-while it costs 2% of the compute.
+while it costs 2% of the compute. The feature map a heatmap is made of stays
+a float32 output (its values dequantized).
 
 Before quantizing, each stride-1 average pooling that feeds a 1x1
 convolution alone is moved after it (``pool_after_projection``): both are

@@ -14,8 +14,8 @@ import onnxruntime as ort
 from classifier.metadata import Preprocessing
 from classifier.model import softmax
 from classifier.preprocess import normalize, preprocess
-from conversion.export import INPUT_NAME, with_logits_output
-from conversion.keras_model import head, output_scores, tapped
+from conversion.export import FEATURE_MAP_NAME, INPUT_NAME, with_logits_output
+from conversion.keras_model import CamHead, cam_head, head, output_scores, tapped, with_feature_map
 
 TOP_K = 5
 
@@ -93,15 +93,17 @@ def onnx_outputs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """onnxruntime's probabilities and logits for ``inputs``."""
     if scores == "logits":
-        logits = _run(proto, inputs)[0]
+        logits = _run(proto, inputs, [proto.graph.output[0].name])[0]
         return softmax(logits), logits
-    probabilities, logits = _run(with_logits_output(proto), inputs)
+    with_logits = with_logits_output(proto)
+    names = [with_logits.graph.output[0].name, with_logits.graph.output[-1].name]
+    probabilities, logits = _run(with_logits, inputs, names)
     return probabilities, logits
 
 
-def _run(proto: onnx.ModelProto, inputs: np.ndarray) -> list[np.ndarray]:
+def _run(proto: onnx.ModelProto, inputs: np.ndarray, names: list[str]) -> list[np.ndarray]:
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {INPUT_NAME: inputs})
+    return session.run(names, {INPUT_NAME: inputs})
 
 
 def compare(
@@ -162,3 +164,65 @@ def check_parity(
     expected = keras_outputs(keras_model, inputs)
     actual = onnx_outputs(proto, inputs, output_scores(keras_model))
     return compare(expected, actual, tolerance)
+
+
+@dataclass(frozen=True)
+class HeatmapReport:
+    """How far ONNX's feature map and class maps are from Keras', each relative to
+    its largest magnitude (as the logits are)."""
+
+    samples: int
+    max_abs_feature_diff: float
+    max_abs_feature: float
+    max_abs_class_map_diff: float
+    max_abs_class_map: float
+    rtol: float
+    passed: bool
+
+    def summary(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        return (
+            f"heatmap {verdict} on {self.samples} inputs: max |feature map diff| "
+            f"{self.max_abs_feature_diff:.3g} (largest {self.max_abs_feature:.3g}), max "
+            f"|class map diff| {self.max_abs_class_map_diff:.3g} (largest "
+            f"{self.max_abs_class_map:.3g}), relative tolerance {self.rtol:g}"
+        )
+
+
+def keras_class_maps(model: Any, cam: CamHead, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keras' last feature map for ``inputs`` and, from it, every class's activation
+    map: the feature map times the dense kernel's column for that class."""
+    _, features = with_feature_map(model, cam)(inputs, training=False)
+    features = np.asarray(features)
+    return features, features @ np.asarray(cam.dense.kernel)
+
+
+def check_heatmap(
+    keras_model: Any, proto: onnx.ModelProto, inputs: np.ndarray, tolerance: Tolerance = Tolerance()
+) -> HeatmapReport | None:
+    """Compare the ONNX model's feature map, and the class maps the runtime makes of
+    it, with Keras'; None for a model without a heatmap."""
+    cam = cam_head(keras_model)
+    if cam is None:
+        return None
+    expected = keras_class_maps(keras_model, cam, inputs)
+    features = _run(proto, inputs, [FEATURE_MAP_NAME])[0]
+    # The runtime's maps: ONNX's feature map times the kernel (its class weights file).
+    actual = (features, features @ np.asarray(cam.dense.kernel))
+    (feature_diff, feature_scale), (map_diff, map_scale) = (
+        (float(np.max(np.abs(e - a))), float(np.max(np.abs(e))))
+        for e, a in zip(expected, actual, strict=True)
+    )
+    passed = all(
+        diff <= tolerance.logits_rtol * max(scale, float(np.finfo(np.float32).tiny))
+        for diff, scale in ((feature_diff, feature_scale), (map_diff, map_scale))
+    )
+    return HeatmapReport(
+        samples=len(inputs),
+        max_abs_feature_diff=feature_diff,
+        max_abs_feature=feature_scale,
+        max_abs_class_map_diff=map_diff,
+        max_abs_class_map=map_scale,
+        rtol=tolerance.logits_rtol,
+        passed=passed,
+    )

@@ -166,3 +166,27 @@ def test_bad_upload_shows_our_message_not_a_traceback(
         expect(toast).to_have_css("opacity", "1")
         # The message floats over the viewport: a full-page capture would leave it out.
         screenshot(page, "desktop-bad-upload", full_page=False)
+
+
+def test_heatmap_shows_over_the_photo_and_follows_the_chosen_class(
+    browser: Browser, app_url: str, model_path: Path
+) -> None:
+    """After Classify, the top class's heatmap; another of the top 5 shows its own;
+    the switch turns the heat off (each a new picture from the server)."""
+    expected = Classifier(model_path).classify(CAT_PHOTO)
+    with page_on(browser, app_url, DESKTOP) as page:
+        upload(page, CAT_PHOTO)
+        page.get_by_role("button", name="Classify").click()
+        picture = page.locator("#heatmap img")
+        expect(picture).to_be_visible()
+        choices = page.locator("#heatmap-class")
+        expect(choices.get_by_role("radio")).to_have_count(len(expected))
+        expect(choices.get_by_label(expected[0].label)).to_be_checked()
+        screenshot(page, "desktop-heatmap")
+        top = picture.get_attribute("src")
+        choices.get_by_label(expected[1].label).check()
+        expect(picture).not_to_have_attribute("src", top)
+        second = picture.get_attribute("src")
+        page.get_by_label("Show the heatmap").uncheck()
+        expect(picture).not_to_have_attribute("src", second)
+        expect(picture).to_be_visible()

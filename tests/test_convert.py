@@ -89,6 +89,7 @@ def test_random_weights_convert_to_a_verified_model(converted: Converted) -> Non
     assert "PASSED on 4 inputs" in converted.stdout
     assert files_in(converted.model_path.parent) == [
         "imagenet_class_index.json",
+        "inception_v3.class_weights.npy",
         "inception_v3.json",
         "inception_v3.onnx",
     ]
@@ -97,7 +98,7 @@ def test_random_weights_convert_to_a_verified_model(converted: Converted) -> Non
 def test_model_has_stable_names_and_a_dynamic_batch(converted: Converted) -> None:
     graph = onnx.load(converted.model_path, load_external_data=False).graph
     assert [value.name for value in graph.input] == ["images"]
-    assert [value.name for value in graph.output] == ["probabilities"]
+    assert [value.name for value in graph.output] == ["probabilities", "feature_map"]
     batch = graph.input[0].type.tensor_type.shape.dim[0]
     assert batch.dim_param == "batch"
 
