@@ -13,7 +13,7 @@ one emulated run gives both checks:
 
 Emulation is slow (float32 ~50 s a photo, int8 ~3 s), so float32 runs two
 photos as Graviton2 and one as Cortex-A76, int8 six on each. The model is
-the confident test model of ``tests/test_quantize.py``, quantized by the
+the prototype test model of ``tests/test_quantize.py``, quantized by the
 converter, whose gate checks it as Graviton2 too.
 """
 
@@ -33,15 +33,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT, imagenet_sample_photos, run_converter
+from conftest import (
+    CAT_PHOTO,
+    COFFEE_PHOTO,
+    IMAGENET_SAMPLE,
+    ROOT,
+    imagenet_sample_photos,
+    run_converter,
+)
 from PIL import Image
-from test_quantize import decided, linked
+from test_quantize import linked
 
 from classifier import cpu
 from classifier.cpu import CpuFeatures
 from classifier.model import Classifier
 from conversion.emulation import CORTEX_A76, NEOVERSE_N1, EmulatedCpu, run, unavailable
-from conversion.synthetic import write_confident_weights
+from conversion.synthetic import labelled_photos, write_prototype_weights
 
 FLOAT32_PHOTOS = {NEOVERSE_N1: 2, CORTEX_A76: 1}
 """~50 s each: Graviton2, Fir's CPU, decodes a large WebP with libvips too."""
@@ -68,8 +75,8 @@ class Models:
 def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     sample = imagenet_sample_photos()  # skips where the photos are absent
     folder = tmp_path_factory.mktemp("arm64")
-    weights = folder / "confident.weights.h5"
-    write_confident_weights(weights)
+    weights = folder / "prototypes.weights.h5"
+    write_prototype_weights(weights, labelled_photos(IMAGENET_SAMPLE))
     float_model = folder / "inception_v3.onnx"
     # Over 4 megapixels, libvips decodes them shrinking (as built for ARM, there).
     large = Image.open(sample[1]).resize((2400, 1800), Image.Resampling.BICUBIC)
@@ -86,7 +93,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
             "--calibration",
             str(linked(folder / "calibration", sample[0:40:2])),
             "--verification",
-            str(linked(folder / "verification", decided(float_model, sample[41:80:2]))),
+            str(linked(folder / "verification", sample[41:80:2])),
             "--emulated-photos",
             "2",
         )
