@@ -518,10 +518,15 @@ def _chained(layers: list[Any]) -> bool:
 def with_feature_map(model: Any, head: CamHead) -> Any:
     """The model with a second output: the last feature map (``head.pooling``'s input).
 
-    Built by ``tapped``, so Sequential models and nested bases work as functional ones.
+    A functional model's own graph is reused as it is (rebuilding it would
+    name tf2onnx's nodes differently from one conversion to the next); a
+    Sequential one, whose layers know no input of their own, is ``tapped``.
     """
     import keras
 
-    graph = tapped(model, [head.pooling])
-    output, feature_map, _ = graph.outputs
-    return keras.Model(graph.input, [output, feature_map], name=model.name)
+    if isinstance(model, keras.Sequential):
+        graph = tapped(model, [head.pooling])
+        (inputs,), (output, feature_map, _) = graph.inputs, graph.outputs
+    else:
+        inputs, output, feature_map = model.inputs[0], model.outputs[0], head.pooling.input
+    return keras.Model(inputs, [output, feature_map], name=model.name)
