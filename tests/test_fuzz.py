@@ -37,12 +37,14 @@ def test_mutated_files_never_break_the_app(model_path: Path, tmp_path: Path) -> 
             assert classify(http, CAT_PHOTO).status_code == 200
         peak = instance.memory.take_peak()
         assert instance.process.poll() is None
+        # What the fuzzing logged, before shutdown (which may cancel the page
+        # client's lingering event stream).
+        log = instance.log.read_text()
     assert tally.failures == [], tally.counts
     assert peak < MEMORY_BUDGET
     # The fuzzer reaches both sides: files that still decode, and files that do not.
     assert tally.counts["REST 200"] > 0
     assert sum(n for kind, n in tally.counts.items() if kind.startswith("REST 4")) > 0
-    log = instance.log.read_text()
     assert "Traceback" not in log
     # The decoders' words are in the log, on the line of the request that sent the file.
     assert re.search(r"INFO classifier\.preprocess \[[0-9a-f]{32}\]: Decoder failed: ", log)
