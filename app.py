@@ -18,12 +18,13 @@ import sys
 import threading
 
 from classifier.assets import EXAMPLE_PHOTOS
-from classifier.deferred import defer_import
 from classifier.errors import ClassifierError
 from classifier.model import Classifier, ModelError
 from classifier.preprocess import configure_vips
-from classifier.request_id import configure_logging
-from classifier.settings import help_text, load_settings
+from service.deferred import defer_import
+from service.metrics import PrometheusObserver
+from service.request_id import configure_logging
+from service.settings import help_text, load_settings
 
 log = logging.getLogger("app")
 
@@ -57,19 +58,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         configure_vips(settings.vips_threads)
-        classifier = Classifier.from_settings(settings, warm=False)
+        classifier = Classifier(
+            settings.model_path,
+            settings.session(),
+            admission=settings.admission(),
+            warm=False,
+            observer=PrometheusObserver(),
+        )
         # Gradio takes seconds to import: a broken model is reported before that.
         lighten_gradio()
-        from classifier import internals
+        from service import internals
 
         internals.check()
     except ClassifierError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
 
-    from classifier.api import build_api
-    from classifier.serving import GracefulServer
-    from classifier.ui import build_demo, mount
+    from service.api import build_api
+    from service.page import build_demo, mount
+    from service.server import GracefulServer
 
     app = mount(build_api(classifier), build_demo(classifier, EXAMPLE_PHOTOS))
     server = GracefulServer(app, settings.host, settings.port)

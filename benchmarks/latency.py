@@ -225,7 +225,8 @@ def int8_variants(
     """Each studied int8 variant: agreement here and emulated, size, latency ratio."""
     import onnxruntime as ort
 
-    from classifier.model import SessionSettings, load_metadata
+    from classifier.model import load_metadata, session_options
+    from classifier.options import SessionOptions
     from conversion.quantize import Verifier, quantize_int8, split_photos
 
     metadata = load_metadata(float_model)
@@ -259,11 +260,9 @@ def int8_variants(
                 row[f"{cpu.qemu_cpu} vs here"] = check.cpu_difference
             rows.append(row)
             print(f"measured {scheme.name}", flush=True)
-        settings = SessionSettings()
+        options = session_options(SessionOptions())
         sessions = {
-            name: ort.InferenceSession(
-                str(path), settings.session_options(), providers=["CPUExecutionProvider"]
-            )
+            name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             for name, path in paths.items()
         }
         batch = verifier.inputs[:1]
@@ -290,10 +289,11 @@ def profile(model: Path, photo: Path, runs: int) -> list[dict[str, Any]]:
     """
     import onnxruntime as ort
 
-    from classifier.model import Classifier, SessionSettings
+    from classifier.model import Classifier, session_options
+    from classifier.options import SessionOptions
 
     batch = Classifier(model).preprocess(photo)[np.newaxis]
-    options = SessionSettings().session_options()
+    options = session_options(SessionOptions())
     options.enable_profiling = True
     with tempfile.TemporaryDirectory(prefix="profile-") as folder:
         options.profile_file_prefix = str(Path(folder) / model.stem)

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from classifier.errors import ClassifierError
-from classifier.preprocess import MB, ImageTooLargeError
+from classifier.options import MB
+from classifier.preprocess import ImageTooLargeError
 
 
 class BusyError(ClassifierError):

@@ -23,8 +23,8 @@ from PIL import ExifTags, Image
 
 from classifier.errors import ClassifierError
 from classifier.metadata import Preprocessing
+from classifier.options import DEFAULT_MAX_PIXELS
 from classifier.preprocess import (
-    DEFAULT_MAX_PIXELS,
     Admission,
     ImageSource,
     decode,

@@ -3,16 +3,17 @@
 ``Classifier`` is what the web page, the tests, the benchmarks and scripts
 all use. It loads the model once, checks it against its metadata, and
 classifies images or batches of images into top-k labels. It imports only
-numpy, Pillow and onnxruntime.
+numpy, Pillow, pyvips (through ``classifier.preprocess``) and onnxruntime:
+what it does is reported to an ``Observer``, which the service plugs its
+metrics into.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import math
-import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +23,6 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from classifier import metrics
 from classifier.admission import MemoryBudget
 from classifier.assets import DEFAULT_MODEL_PATH
 from classifier.batching import Batcher
@@ -40,14 +40,16 @@ from classifier.heatmap import (
 )
 from classifier.labels import Label, LabelsError, read_labels
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
-from classifier.preprocess import (
+from classifier.observer import Observer
+from classifier.options import (
     DEFAULT_MAX_PIXELS,
     MB,
-    PROGRESSIVE_JPEG_COST,
-    ImageSource,
-    preprocess,
+    TOP_K,
+    AdmissionOptions,
+    SessionOptions,
+    available_cores,
 )
-from classifier.settings import Settings, load_settings
+from classifier.preprocess import ImageSource, preprocess
 
 log = logging.getLogger(__name__)
 
@@ -71,81 +73,21 @@ class Prediction:
     0..1 at the last feature map's resolution (see ``classifier.heatmap``)."""
 
 
-def available_cores() -> int:
-    """The cores this process may run on (a dyno's share, not the host's)."""
-    return len(os.sched_getaffinity(0))
-
-
-@dataclass(frozen=True)
-class SessionSettings:
-    """How the onnxruntime session is configured.
-
-    A Heroku dyno shares its cores with its neighbours, so the thread count
-    is settable (``ORT_INTRA_OP_THREADS``, default: the cores this process
-    may run on); spinning threads (``ORT_ALLOW_SPINNING``, off) would take the
-    CPU that other requests' decoding and HTTP need;
-    the memory arena keeps activation buffers between runs
-    (``ORT_MEMORY_ARENA``; off, runs are ~24% slower for ~2 MB less).
-    """
-
-    intra_op_threads: int = 0
-    allow_spinning: bool = False
-    memory_arena: bool = True
-
-    @classmethod
-    def of(cls, settings: Settings) -> SessionSettings:
-        return cls(
-            settings.ort_intra_op_threads, settings.ort_allow_spinning, settings.ort_memory_arena
-        )
-
-    def session_options(self) -> ort.SessionOptions:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = self.intra_op_threads or available_cores()
-        options.inter_op_num_threads = 1
-        options.enable_cpu_mem_arena = self.memory_arena
-        # Planning one block for all activations ahead costs ~13 MB, saves no time.
-        options.enable_mem_pattern = False
-        options.log_severity_level = 3
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if self.allow_spinning else "0"
-        )
-        return options
-
-
-@dataclass(frozen=True)
-class AdmissionSettings:
-    """How much work the process takes on at once; defaults fit a 512 MB dyno.
-
-    ``MEMORY_BUDGET_MB`` (131) is what decodes may hold together: exactly one
-    of the costliest uploads the app promises to take, a 40-megapixel
-    progressive JPEG (its DCT coefficients: 3 bytes a pixel); with the app at
-    idle (~265 MB with the float32 model) and the requests' own buffers, a
-    peak near 400 MB.
-    At most ``DECODE_SLOTS`` (one per core) decode at once; a decode waits
-    up to ``ADMISSION_TIMEOUT`` (20) s for its share and slot, inside
-    Heroku's 30 s router timeout. Model runs go one at a time (one run keeps
-    the cores busy), each taking up to ``MAX_BATCH`` (2) images that wait for
-    it: a pair costs less per image, which lifts 8 clients to the bare model's
-    single-stream throughput; ONNX Runtime's arena keeps the activations of
-    the largest batch run, +22 MB for 2 float32 images (+130 MB for 8, which
-    a 512 MB dyno cannot spare).
-    """
-
-    memory_budget_mb: int = math.ceil(PROGRESSIVE_JPEG_COST / MB)
-    decode_slots: int = field(default_factory=available_cores)
-    timeout_s: float = 20.0
-    max_batch: int = 2
-
-    @classmethod
-    def of(cls, settings: Settings) -> AdmissionSettings:
-        return cls(
-            memory_budget_mb=settings.memory_budget_mb,
-            decode_slots=settings.decode_slots or available_cores(),
-            timeout_s=settings.admission_timeout,
-            max_batch=settings.max_batch,
-        )
+def session_options(options: SessionOptions) -> ort.SessionOptions:
+    """ONNX Runtime's own options, as ``options`` says and as a small server needs."""
+    ort_options = ort.SessionOptions()
+    ort_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    ort_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    ort_options.intra_op_num_threads = options.intra_op_threads or available_cores()
+    ort_options.inter_op_num_threads = 1
+    ort_options.enable_cpu_mem_arena = options.memory_arena
+    # Planning one block for all activations ahead costs ~13 MB, saves no time.
+    ort_options.enable_mem_pattern = False
+    ort_options.log_severity_level = 3
+    ort_options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
+    )
+    return ort_options
 
 
 def release_freed_memory() -> None:
@@ -230,22 +172,24 @@ class Classifier:
     def __init__(
         self,
         model_path: str | Path = DEFAULT_MODEL_PATH,
-        settings: SessionSettings | None = None,
+        session: SessionOptions | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        admission: AdmissionSettings | None = None,
+        admission: AdmissionOptions | None = None,
         warm: bool = True,
+        observer: Observer | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.metadata = load_metadata(self.model_path)
         self.labels = load_labels(
             self.model_path.parent / self.metadata.labels_file, self.metadata.classes
         )
-        self.settings = settings or SessionSettings()
+        self.session_options = session or SessionOptions()
         self.max_pixels = max_pixels
+        self.observer = observer or Observer()
         try:
             self._session = ort.InferenceSession(
                 str(self.model_path),
-                self.settings.session_options(),
+                session_options(self.session_options),
                 providers=["CPUExecutionProvider"],
             )
         except Exception as error:  # onnxruntime raises its own untyped errors
@@ -263,11 +207,11 @@ class Classifier:
         self._settling = ort.RunOptions()
         self._settling.only_execute_path_to_fetches = True
         self._settling.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        admission = admission or AdmissionSettings()
+        admission = admission or AdmissionOptions()
         self.budget = MemoryBudget(
             admission.memory_budget_mb * MB,
             admission.timeout_s,
-            admission.decode_slots,
+            admission.decoders,
             on_idle=release_after_large_decodes,
         )
         self._run_batched = Batcher(self._run, admission.max_batch)
@@ -282,21 +226,6 @@ class Classifier:
         )
         log_cpu_support(self.metadata.precision, self.metadata.verification)
 
-    @classmethod
-    def from_settings(cls, settings: Settings, warm: bool = True) -> Classifier:
-        """The model and its configuration as the app's settings say."""
-        return cls(
-            settings.model_path,
-            SessionSettings.of(settings),
-            admission=AdmissionSettings.of(settings),
-            warm=warm,
-        )
-
-    @classmethod
-    def from_env(cls, warm: bool = True) -> Classifier:
-        """As the environment says: ``MODEL_PATH`` (default ``models/inception_v3.onnx``)..."""
-        return cls.from_settings(load_settings(), warm)
-
     def warm_up(self) -> None:
         """One run at start, so the first user does not pay for lazy set-up."""
         spec = self.metadata.preprocessing
@@ -306,10 +235,13 @@ class Classifier:
 
     def preprocess(self, image: ImageSource) -> np.ndarray:
         """Decode within the memory budget, then make the model's input."""
-        with metrics.DECODE_SECONDS.time():
+        start = time.perf_counter()
+        try:
             return preprocess(
                 image, self.metadata.preprocessing, self.max_pixels, self.budget.reserve
             )
+        finally:
+            self.observer.decoded(time.perf_counter() - start)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Model inputs ``(n, h, w, 3)`` -> probabilities ``(n, classes)``.
@@ -326,8 +258,12 @@ class Classifier:
         ``(n, h, w, channels)`` from the same run (``heatmap.class_maps`` makes maps of it)."""
         if explain:
             self._check_explains()
-        with metrics.INFERENCE_SECONDS.time(), self._explained(explain):
-            packed = self._run_batched(batch)
+        start = time.perf_counter()
+        try:
+            with self._explained(explain):
+                packed = self._run_batched(batch)
+        finally:
+            self.observer.inferred(time.perf_counter() - start)
         classes = self.metadata.classes
         scores = packed[:, :classes]
         if self.metadata.scores == "logits":
@@ -414,7 +350,7 @@ class Classifier:
         return np.concatenate([scores, maps[0].reshape(len(batch), -1)], axis=1)
 
     def top_k(
-        self, probabilities: np.ndarray, k: int = 5, features: np.ndarray | None = None
+        self, probabilities: np.ndarray, k: int = TOP_K, features: np.ndarray | None = None
     ) -> list[Prediction]:
         """The ``k`` likeliest classes; with the image's ``features`` (``(h, w, c)``),
         each with its class activation map, normalised."""
@@ -431,13 +367,15 @@ class Classifier:
             for rank, i in enumerate(best)
         ]
 
-    def classify(self, image: ImageSource, k: int = 5, explain: bool = False) -> list[Prediction]:
+    def classify(
+        self, image: ImageSource, k: int = TOP_K, explain: bool = False
+    ) -> list[Prediction]:
         """One image (path, bytes, file object or PIL image) -> its top-k classes;
         with ``explain``, each with its class activation map (``Prediction.heatmap``)."""
         return self.classify_batch([image], k, explain)[0]
 
     def classify_batch(
-        self, images: Sequence[ImageSource], k: int = 5, explain: bool = False
+        self, images: Sequence[ImageSource], k: int = TOP_K, explain: bool = False
     ) -> list[list[Prediction]]:
         """Several images -> their top-k classes, in one model run."""
         if explain:

@@ -36,6 +36,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from classifier.errors import ClassifierError
 from classifier.metadata import Preprocessing
+from classifier.options import BASE_COST, DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +50,9 @@ def no_admission(cost: int) -> AbstractContextManager[object]:
     return nullcontext()
 
 
-DEFAULT_MAX_PIXELS = 40_000_000
-"""Larger than any phone photo (a 6000 x 4000 photo is 24 megapixels)."""
 EXACT_PATH_MAX_PIXELS = 4_000_000
 """Up to here (every photo of the ImageNet sample, most web images) an image is
 decoded in full exactly as Keras does: at most ~16 bytes a pixel, 64 MB."""
-MB = 1 << 20
 
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -70,10 +68,9 @@ _WHITE = (255, 255, 255)
 _BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3}
 """Decoded size of a Pillow mode; every mode not named here takes at most 4."""
 
-# What a decode costs beyond its input pixels: the model-sized output, the
-# libraries' buffers and Python's objects. tests/test_memory.py measures the
-# peak of each kind of 40-megapixel upload and asserts it stays under these.
-BASE_COST = 16 * MB
+# What each kind of decode costs above ``BASE_COST``: tests/test_memory.py
+# measures the peak of each kind of 40-megapixel upload and asserts it stays
+# under these.
 EXACT_COST_PER_PIXEL = 16
 """RGBA decoded (4), a white background (4), the composite (4) and RGB (3)."""
 STREAMED_COST_PER_BAND_PIXEL = 0.5
@@ -81,10 +78,6 @@ STREAMED_COST_PER_BAND_PIXEL = 0.5
 SCALED_COST_PER_PIXEL = 0.25
 """JPEG and WebP decoded at reduced scale: a 40 MP file measured 3 to 8 MB."""
 STRIP_ROWS_TARGET = 256
-PROGRESSIVE_JPEG_COST = BASE_COST + 3 * DEFAULT_MAX_PIXELS
-"""The costliest upload the app promises to take: a progressive JPEG of the
-largest size, whose DCT coefficients (2 bytes a sample, 1.5 samples a pixel
-in the usual 4:2:0) libjpeg keeps in full."""
 _ORIENTATIONS = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,

@@ -220,7 +220,7 @@ def test_sigterm_lets_requests_under_way_finish_and_exits_0(
 
 def test_readyz_is_503_until_warm_up(model_path: Path) -> None:
     """In process: the API over a classifier not yet warmed up."""
-    from classifier.api import build_api
+    from service.api import build_api
 
     classifier = Classifier(model_path, warm=False)
     with TestClient(build_api(classifier)) as client:
@@ -339,7 +339,7 @@ def test_messages_hold_no_library_words_and_no_paths(
 
 @pytest.fixture(scope="module")
 def api(model_path: Path) -> FastAPI:
-    from classifier.api import build_api
+    from service.api import build_api
 
     return build_api(Classifier(model_path))
 
@@ -355,7 +355,7 @@ def test_a_bug_is_a_500_with_the_request_id_logged_and_counted(
 ) -> None:
     """A programming error inside the decode path is the server's fault, not the file's."""
     from classifier import preprocess
-    from classifier.request_id import RequestIdFilter
+    from service.request_id import RequestIdFilter
 
     def broken_to_rgb(image: object) -> object:
         return np.zeros(3).reshape(2, 2)  # ValueError, as a numpy bug raises

@@ -10,7 +10,7 @@ from conftest import ROOT
 PROBE = """
 import importlib.util
 import sys
-from classifier.deferred import DeferredModule, defer_import
+from service.deferred import DeferredModule, defer_import
 defer_import("fractions")
 import fractions
 assert isinstance(fractions, DeferredModule), type(fractions)

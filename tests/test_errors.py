@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from classifier.admission import BusyError
-from classifier.api import MalformedUploadError, MissingUploadError, UploadTooLargeError
 from classifier.errors import ClassifierError
-from classifier.internals import InternalsError
 from classifier.labels import LabelsError
 from classifier.model import ModelError
 from classifier.preprocess import ImageError, ImageTooLargeError, UnsupportedImageError
-from classifier.settings import SettingsError
+from service.api import MalformedUploadError, MissingUploadError, UploadTooLargeError
+from service.internals import InternalsError
+from service.settings import SettingsError
 
 
 @pytest.mark.parametrize(

@@ -381,7 +381,7 @@ def test_rest_without_explain_is_unchanged(http: httpx.Client) -> None:
 def test_rest_explain_on_a_model_without_heatmap_is_a_422(flat_model: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from classifier.api import build_api
+    from service.api import build_api
 
     with TestClient(build_api(Classifier(flat_model))) as client:
         response = classify(client, CAT_PHOTO, explain="true")
@@ -393,7 +393,7 @@ def test_rest_explain_on_a_model_without_heatmap_is_a_422(flat_model: Path) -> N
 
 
 def test_page_shows_no_heatmap_for_a_model_without_one(flat_model: Path, model_path: Path) -> None:
-    from classifier.ui import build_demo
+    from service.page import build_demo
 
     def elements(path: Path) -> set[str]:
         config = build_demo(Classifier(path), []).get_config_file()

@@ -9,7 +9,7 @@ import pytest
 import uvicorn
 from conftest import ROOT
 
-from classifier import internals
+from service import internals
 
 
 def test_the_installed_libraries_have_what_the_app_uses() -> None:
@@ -17,7 +17,7 @@ def test_the_installed_libraries_have_what_the_app_uses() -> None:
 
 
 def test_the_verified_versions_are_the_pinned_ones() -> None:
-    """Upgrading a pin means checking classifier/internals.py against the new version."""
+    """Upgrading a pin means checking service/internals.py against the new version."""
     pins = dict(re.findall(r"^([\w-]+)==([^\s\\]+)", (ROOT / "requirements.txt").read_text(), re.M))
     assert {name: pins[name] for name in internals.VERIFIED} == internals.VERIFIED
 
@@ -55,5 +55,5 @@ def test_an_upgrade_that_breaks_an_internal_stops_the_app(
             del self._captured_signals
 
         monkeypatch.setattr(uvicorn.Server, "__init__", init)
-    with pytest.raises(internals.InternalsError, match=r"classifier/internals\.py relies on"):
+    with pytest.raises(internals.InternalsError, match=r"service/internals\.py relies on"):
         internals.check()

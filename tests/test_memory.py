@@ -21,8 +21,7 @@ import pytest
 from images import LARGE, write_large_images
 
 from classifier.assets import ROOT
-from classifier.model import AdmissionSettings
-from classifier.preprocess import MB
+from classifier.options import MB, AdmissionOptions
 
 MEASURE = """
 import json, re, sys
@@ -40,7 +39,7 @@ preprocess(sys.argv[1], spec)
 growth = peak() - before
 print(json.dumps({"growth": growth, "cost": decode_cost(open_image(sys.argv[1]), sys.argv[1])}))
 """
-BUDGET = AdmissionSettings().memory_budget_mb * MB
+BUDGET = AdmissionOptions().memory_budget_mb * MB
 
 
 @pytest.fixture(scope="module")

@@ -179,7 +179,7 @@ def test_model_onnxruntime_cannot_load_is_refused(model_path: Path, tmp_path: Pa
 
 def test_runtime_never_imports_tensorflow(model_path: Path) -> None:
     code = (
-        "import sys, app, classifier.ui\n"
+        "import sys, app, service.page\n"
         "from classifier.model import Classifier\n"
         f"Classifier({str(model_path)!r}).classify({str(CAT_PHOTO)!r})\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "

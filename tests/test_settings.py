@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from classifier.settings import Settings, markdown_table, variables
+from service.settings import Settings, markdown_table, variables
 
 
 def run_app(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -50,7 +50,7 @@ def test_help_lists_every_setting_with_its_default_and_meaning() -> None:
 
 
 def test_the_readme_table_is_the_settings_table() -> None:
-    """Regenerate it with ``python -m classifier.settings``."""
+    """Regenerate it with ``python -m service.settings``."""
     assert markdown_table() in (ROOT / "README.md").read_text()
 
 

@@ -60,7 +60,7 @@ def check() -> None:
     if problems:
         installed = ", ".join(f"{name} {version(name)}" for name in VERIFIED)
         raise InternalsError(
-            f"{installed} changed what classifier/internals.py relies on "
+            f"{installed} changed what service/internals.py relies on "
             f"(written for {', '.join(f'{n} {v}' for n, v in VERIFIED.items())}): "
             + "; ".join(problems)
         )

@@ -16,8 +16,7 @@ import threading
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from classifier.internals import HookedSignalServer
-from classifier.metrics import CLASSIFYING
+from service.internals import HookedSignalServer
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +25,32 @@ DRAIN_TIMEOUT = 20.0
 CLOSE_TIMEOUT = 3
 """Then, longest wait for open responses (the page's event streams) to end."""
 ALWAYS_ANSWERED = {"/healthz"}
+
+
+class InFlight:
+    """How many classifications are under way, and a wait for there to be none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._changed:
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._changed:
+            self.count -= 1
+            self._changed.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once nothing is in flight; False if ``timeout`` s pass first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.count == 0, timeout)
+
+
+CLASSIFYING = InFlight()
+"""The page's and the API's classifications under way: draining waits for them."""
 
 
 class Draining:

@@ -31,12 +31,13 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from classifier import metrics
 from classifier.errors import ClassifierError
 from classifier.heatmap import NoHeatmapError, png
 from classifier.model import Classifier, Prediction
+from classifier.options import TOP_K
 from classifier.preprocess import ImageError, ImageTooLargeError, UnsupportedImageError
-from classifier.request_id import RequestContext
+from service import metrics
+from service.request_id import RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ ENVELOPE_BYTES = 64 * 1024
 """Room for a multipart form's boundaries and part headers around the file."""
 SPOOL_BYTES = 1024 * 1024
 """Uploads up to this size stay in memory; larger ones are spooled to disk."""
-DEFAULT_K = 5
 
 
 class PredictionOut(BaseModel):
@@ -323,7 +323,7 @@ def build_api(classifier: Classifier) -> FastAPI:
     )
     async def classify(
         request: Request,
-        k: Annotated[int, Query(ge=1, le=classes, description="How many classes")] = DEFAULT_K,
+        k: Annotated[int, Query(ge=1, le=classes, description="How many classes")] = TOP_K,
         explain: Annotated[
             bool, Query(description="Add each class's heatmap and the top one over the photo")
         ] = False,

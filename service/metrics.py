@@ -1,13 +1,13 @@
 """Prometheus metrics, shared by the page and the REST API.
 
 Both count their classifications through ``observed``; the decode and
-inference histograms are filled by ``Classifier`` itself, so every caller's
-work shows up the same way.
+inference histograms are filled by ``Classifier`` itself, through the
+``PrometheusObserver`` the app gives it, so every caller's work shows up the
+same way.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from prometheus_client import Counter, Gauge, Histogram
 
 from classifier.errors import ClassifierError
+from classifier.observer import Observer
+from service.server import CLASSIFYING
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)
 
@@ -47,30 +49,17 @@ UNEXPECTED_ERRORS = Counter(
 )
 
 
-class InFlight:
-    """How many classifications are under way, and a wait for there to be none."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._changed = threading.Condition()
-
-    def __enter__(self) -> None:
-        with self._changed:
-            self.count += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._changed:
-            self.count -= 1
-            self._changed.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """True once nothing is in flight; False if ``timeout`` s pass first."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self.count == 0, timeout)
-
-
-CLASSIFYING = InFlight()
 IN_FLIGHT.set_function(lambda: CLASSIFYING.count)
+
+
+class PrometheusObserver(Observer):
+    """The classifier's decodes and model runs, as histograms."""
+
+    def decoded(self, seconds: float) -> None:
+        DECODE_SECONDS.observe(seconds)
+
+    def inferred(self, seconds: float) -> None:
+        INFERENCE_SECONDS.observe(seconds)
 
 
 @contextmanager

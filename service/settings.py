@@ -4,12 +4,13 @@
 is passed down from ``app.py``. A value that is not allowed stops the app
 before it binds its port, with one line naming the variable, its value and
 what is allowed. ``python app.py --help`` and the README's table of settings
-(``python -m classifier.settings`` prints it) come from the descriptions here.
+(``python -m service.settings`` prints it) come from the descriptions here.
+Defaults are the core's own (``classifier.options``): a script's
+``Classifier(path)`` behaves as the app does.
 """
 
 from __future__ import annotations
 
-import math
 import textwrap
 from pathlib import Path
 
@@ -19,7 +20,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from classifier.assets import DEFAULT_MODEL_PATH, ROOT
 from classifier.errors import ClassifierError
-from classifier.preprocess import MB, PROGRESSIVE_JPEG_COST
+from classifier.options import AdmissionOptions, SessionOptions
+
+ADMISSION = AdmissionOptions()
+SESSION = SessionOptions()
 
 
 class SettingsError(ClassifierError):
@@ -44,31 +48,29 @@ class Settings(BaseSettings):
         7860, ge=1, le=65535, description="the port to listen on; Heroku sets it, as `$PORT`"
     )
     memory_budget_mb: int = Field(
-        math.ceil(PROGRESSIVE_JPEG_COST / MB),
+        ADMISSION.memory_budget_mb,
         ge=1,
         description="memory that decodes may hold at once: one 40-megapixel progressive JPEG",
     )
     decode_slots: int = Field(
-        0,
+        ADMISSION.decode_slots,
         ge=0,
         description="most decodes at once (`0`: one per core): decoding is CPU-bound, and "
         "each one in flight holds buffers of its own",
     )
     admission_timeout: float = Field(
-        20.0,
+        ADMISSION.timeout_s,
         gt=0,
         description="seconds an upload may wait for memory before a 503 (Heroku's router "
         "gives up at 30)",
     )
     max_batch: int = Field(
-        2,
+        ADMISSION.max_batch,
         ge=1,
         le=64,
-        description="most images in one model run: a pair costs less per image, which takes "
-        "8 clients to 1.03x (float32) and 1.07x (int8) of the bare model's single-stream "
-        "throughput; while a burst lasts ONNX Runtime's arena holds the largest batch's "
-        "activations (float32: +16 MB for 2 images, +62 MB for 4, +130 MB for 8), handed "
-        "back by the last run before the queue empties",
+        description="most images in one model run: a larger batch costs less per image, but "
+        "while a burst lasts ONNX Runtime's arena holds the largest batch's activations, "
+        "handed back by the last run before the queue empties",
     )
     vips_threads: int = Field(
         1,
@@ -77,27 +79,39 @@ class Settings(BaseSettings):
         description="libvips threads per decode (requests already decode side by side)",
     )
     ort_intra_op_threads: int = Field(
-        0, ge=0, description="ONNX Runtime threads for one inference (`0`: one per core)"
+        SESSION.intra_op_threads,
+        ge=0,
+        description="ONNX Runtime threads for one inference (`0`: one per core)",
     )
     ort_allow_spinning: bool = Field(
-        False,
+        SESSION.allow_spinning,
         description="`1` lets ONNX Runtime's idle threads spin: they then take CPU from the "
-        "decodes and HTTP of other requests (8 clients: 11.3 req/s against 13.4 without, "
-        "in an earlier run)",
+        "decodes and HTTP of other requests",
     )
     ort_memory_arena: bool = Field(
-        True,
-        description="ONNX Runtime's arena for activations; `0` saves ~2 MB and costs ~24% "
-        "in latency",
+        SESSION.memory_arena,
+        description="ONNX Runtime's arena for activations: kept between runs, it saves "
+        "allocating them afresh each time",
     )
     malloc_mmap_threshold_: int = Field(
         2097152,
         ge=0,
         description="read by glibc, set by `setup.sh`: freed blocks of this size and more "
         "(a large image's decode buffers) go back to the system at once, a lower peak; "
-        "smaller ones stay for the next request (at `131072` every ordinary photo mapped "
-        "~3 MB afresh: ~770 page faults, 3 to 10 ms a classification)",
+        "smaller ones stay for the next request, which would otherwise fault them in afresh",
     )
+
+    def session(self) -> SessionOptions:
+        """The ONNX Runtime session's options."""
+        return SessionOptions(
+            self.ort_intra_op_threads, self.ort_allow_spinning, self.ort_memory_arena
+        )
+
+    def admission(self) -> AdmissionOptions:
+        """How much work the classifier takes on at once."""
+        return AdmissionOptions(
+            self.memory_budget_mb, self.decode_slots, self.admission_timeout, self.max_batch
+        )
 
 
 def load_settings() -> Settings:

@@ -17,7 +17,7 @@ from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from classifier import metrics
+from service import metrics
 
 log = logging.getLogger(__name__)
 

@@ -11,16 +11,16 @@ import numpy as np
 from fastapi import FastAPI
 from PIL import Image
 
-from classifier import internals, metrics, request_id
-from classifier.api import error_handlers
 from classifier.errors import ClassifierError
 from classifier.heatmap import photo_for_overlay
 from classifier.metadata import ModelMetadata
 from classifier.model import Classifier, Prediction
+from classifier.options import TOP_K
+from service import internals, metrics, request_id
+from service.api import error_handlers
 
 log = logging.getLogger(__name__)
 
-TOP_K = 5
 MAX_FILE_SIZE = "20mb"
 GRADIO_API = "/gradio_api/"
 """Gradio's own protocol: its client reads its errors' ``detail``, so they keep that shape."""
