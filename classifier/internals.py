@@ -122,7 +122,6 @@ def uvicorn_protocol_problems() -> list[str]:
         "data_received": ["self", "data"],
         "connection_lost": ["self", "exc"],
         "on_response_complete": ["self"],
-        "send_400_response": ["self", "msg"],
     }
     problems = [
         f"uvicorn: H11Protocol.{name} no longer takes ({', '.join(args)})"
@@ -291,9 +290,8 @@ class BoundedH11Protocol(H11Protocol):
     for good. Here a request's headers must be complete within
     ``header_timeout`` of the connection opening or of their first byte
     (between requests uvicorn's keep-alive timer closes idle connections),
-    and its body within ``body_timeout`` of its headers (408). h11 refuses
-    headers over ``h11_max_incomplete_event_size``, which uvicorn answers
-    400: that becomes 431.
+    and its body within ``body_timeout`` of its headers (408); headers over
+    ``max_header_bytes`` are answered 431.
     """
 
     def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
@@ -307,8 +305,24 @@ class BoundedH11Protocol(H11Protocol):
         self._follow()
 
     def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE and self._headers_too_large(data):
+            self._refuse(
+                431, f"The request's headers are over {self._limits.max_header_bytes} bytes."
+            )
+            return
         super().data_received(data)
         self._follow()
+
+    def _headers_too_large(self, data: bytes) -> bool:
+        """Whether the request's line and headers, as received so far, pass the cap.
+
+        h11's own cap (``h11_max_incomplete_event_size``) only counts headers
+        still incomplete: 64 KiB arriving at once were taken.
+        """
+        limit = self._limits.max_header_bytes
+        head = self.conn.trailing_data[0] + data if self.conn.trailing_data[0] else data
+        end = head.find(b"\r\n\r\n", 0, limit + 4)
+        return end == -1 and len(head) > limit
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
@@ -318,14 +332,6 @@ class BoundedH11Protocol(H11Protocol):
         self._cancel()  # idle now: uvicorn's keep-alive timer takes over
         self._phase = None
         super().on_response_complete()
-
-    def send_400_response(self, msg: str) -> None:
-        if len(self.conn.trailing_data[0]) > self._limits.max_header_bytes:
-            self._refuse(
-                431, f"The request's headers are over {self._limits.max_header_bytes} bytes."
-            )
-        else:
-            super().send_400_response(msg)
 
     def _follow(self) -> None:
         """(Re)arm the deadline of the request's part that is arriving, if it changed.

@@ -143,10 +143,10 @@ def test_the_direct_run_route_is_closed(http: httpx.Client) -> None:
     """The queue is the only way in: ``/gradio_api/run/...`` would skip it and its caps."""
     for path in ("gradio_api/run/predict", "gradio_api/api/predict"):
         start = time.perf_counter()
-        response = http.post(path, json={"data": [file_data("/etc/passwd", meta=True)]})
+        response = http.post(path, json={"data": [None]})
         assert time.perf_counter() - start < QUICK_S
-        assert response.status_code in (404, 405), (path, response.status_code, response.text)
-        assert "root:" not in response.text
+        assert response.status_code == 404, (path, response.status_code, response.text)
+        assert "join the queue" in response.text
 
 
 @pytest.mark.parametrize("meta", [True, False], ids=["FileData", "no meta"])
@@ -563,4 +563,8 @@ def test_the_app_still_answers_after_all_of_it(http: httpx.Client, served: Serve
         handle_file(str(CAT_PHOTO)), api_name="/predict"
     )
     assert len(result["confidences"]) == 5
-    assert "Traceback" not in served.instance.log.read_text()
+    log = served.instance.log.read_text()
+    # Nothing reached the app's bug handler or uvicorn's. (Gradio itself prints a
+    # traceback for an event called by fn_index that has no Python function.)
+    assert "Unexpected error" not in log
+    assert "Exception in ASGI application" not in log
