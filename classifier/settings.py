@@ -193,6 +193,8 @@ def variables() -> list[tuple[str, str, str]]:
 
 
 def _shown(default: object) -> str:
+    if default is None:
+        return "unset"
     if isinstance(default, bool):
         return "1" if default else "0"
     if isinstance(default, Path) and default.is_relative_to(ROOT):
