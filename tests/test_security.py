@@ -534,6 +534,32 @@ def test_one_client_cannot_fill_the_queue(http: httpx.Client) -> None:
     assert other == 200
 
 
+@pytest.mark.parametrize(
+    ("hops", "forwarded", "client"),
+    [
+        (0, "203.0.113.5", "192.0.2.1"),  # no router: the peer, whatever the header says
+        (1, "203.0.113.5", "203.0.113.5"),  # Heroku's router appended the client
+        (1, "10.0.0.1, 203.0.113.5", "203.0.113.5"),  # the client's own entry is ignored
+        (2, "203.0.113.5", "192.0.2.1"),  # fewer entries than proxies: the peer
+    ],
+)
+def test_a_client_is_told_apart_by_what_the_router_appended(
+    hops: int, forwarded: str, client: str
+) -> None:
+    from starlette.requests import Request
+
+    from classifier.guard import client_of
+
+    request = Request(
+        {
+            "type": "http",
+            "headers": [(b"x-forwarded-for", forwarded.encode())],
+            "client": ("192.0.2.1", 5000),
+        }
+    )
+    assert client_of(hops)(request) == client
+
+
 # --- metrics, and the app afterwards -----------------------------------------
 
 
