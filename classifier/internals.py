@@ -6,10 +6,10 @@ our own decoder undecoded (and only a file the page holds), switch on
 Gradio's upload-folder check under a mounted app, cap the queue per client,
 clean up an upload that fails mid-stream, drain on SIGTERM instead of
 closing at once, and bound a connection before its first request. Each is
-done here, and ``check`` verifies, before the app
-binds its port, that the installed versions still have the shape these
-rely on: an upgrade that changes them stops the app with one line (and
-fails ``tests/test_internals.py``) instead of silently doing nothing.
+done here, and ``check`` verifies, before the app binds its port, that the
+installed versions still have the shape these rely on: an upgrade that
+changes them stops the app with one line (and fails
+``tests/test_internals.py``) instead of silently doing nothing.
 """
 
 from __future__ import annotations
@@ -212,11 +212,8 @@ def cap_queue_per_client(demo: Any, limit: int, client_of: Callable[[Any], str])
             if client_of(event.request) == client
         )
         if waiting >= limit:
-            return (
-                False,
-                f"You have {waiting} requests waiting already: wait for them.",
-                ("queue_full"),
-            )
+            message = f"You have {waiting} requests waiting already: wait for them."
+            return False, message, "queue_full"
         return await push(body=body, request=request, username=username)
 
     queue.push = push_capped
