@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     from service.page import build_demo, mount
     from service.server import GracefulServer
 
-    app = mount(build_api(classifier), build_demo(classifier, EXAMPLE_PHOTOS))
-    server = GracefulServer(app, settings.host, settings.port)
+    api = build_api(classifier, metrics_token=settings.metrics_token)
+    app = mount(api, build_demo(classifier, EXAMPLE_PHOTOS), settings)
+    server = GracefulServer(app, settings)
     failure: list[ModelError] = []
 
     def warm_up() -> None:

@@ -2,6 +2,9 @@
 export HOST="${HOST:-0.0.0.0}"
 export PORT="${PORT:-7860}"
 export GRADIO_ANALYTICS_ENABLED=False
+# On a dyno ($DYNO is set), Heroku's router appends the address that connected
+# to it to X-Forwarded-For: that last entry tells the page's clients apart.
+if [ -n "${DYNO:-}" ]; then export FORWARDED_HOPS="${FORWARDED_HOPS:-1}"; fi
 # glibc hands blocks of 2 MB and more back to the system when they are freed
 # (a large image's decode buffers) instead of keeping them in each thread's
 # heap; smaller ones, an ordinary photo's, stay for the next request. At

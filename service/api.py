@@ -9,6 +9,7 @@ framework's own (404, 405, validation) included; bad input never gets a 500.
 """
 
 import base64
+import hmac
 import http
 import logging
 import tempfile
@@ -37,6 +38,7 @@ from classifier.model import Classifier, Prediction
 from classifier.options import TOP_K
 from classifier.preprocess import ImageError, ImageTooLargeError, UnsupportedImageError
 from service import metrics
+from service.guard import SecurityHeaders
 from service.request_id import RequestContext
 
 log = logging.getLogger(__name__)
@@ -277,8 +279,11 @@ def classification_out(
     )
 
 
-def build_api(classifier: Classifier) -> FastAPI:
-    """The REST routes over ``classifier``; mount the page on it afterwards."""
+def build_api(classifier: Classifier, metrics_token: str | None = None) -> FastAPI:
+    """The REST routes over ``classifier``; mount the page on it afterwards.
+
+    ``metrics_token``: if set, ``/metrics`` answers only that bearer token.
+    """
     metadata = classifier.metadata
     classes = metadata.classes
     model = ModelOut(name=metadata.name, precision=metadata.precision, sha256=metadata.sha256)
@@ -296,6 +301,7 @@ def build_api(classifier: Classifier) -> FastAPI:
     for kind, handler in error_handlers(api).items():
         api.add_exception_handler(kind, handler)
     api.add_middleware(BodyLimit)
+    api.add_middleware(SecurityHeaders)
     api.add_middleware(RequestContext)  # outermost: its id is on the others' log lines
 
     def top_overlay(upload: BinaryIO, predictions: list[Prediction]) -> str:
@@ -354,8 +360,15 @@ def build_api(classifier: Classifier) -> FastAPI:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ready", "model": model.model_dump()})
 
-    @api.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def prometheus_metrics() -> Response:
+    expected = f"Bearer {metrics_token}".encode() if metrics_token else None
+
+    @api.get("/metrics", summary="Prometheus metrics", response_class=Response, responses={401: {}})
+    async def prometheus_metrics(request: Request) -> Response:
+        given = request.headers.get("authorization", "").encode()
+        if expected and not hmac.compare_digest(given, expected):
+            return error_response(
+                401, "The metrics take a bearer token.", {"WWW-Authenticate": "Bearer"}
+            )
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return api

@@ -10,6 +10,7 @@ import gradio as gr
 import numpy as np
 from fastapi import FastAPI
 from PIL import Image
+from starlette.middleware import Middleware
 
 from classifier.errors import ClassifierError
 from classifier.heatmap import photo_for_overlay
@@ -18,6 +19,9 @@ from classifier.model import Classifier, Prediction
 from classifier.options import TOP_K
 from service import internals, metrics, request_id
 from service.api import error_handlers
+from service.guard import NOT_UPLOADED, PageGuard, client_of
+from service.request_id import RequestContext
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +39,19 @@ CONCURRENCY = 8
 """Page requests classified at once; the memory budget decides how many decode."""
 # Temporary uploads: swept every 10 minutes, once an hour old.
 DELETE_CACHE = (600, 3600)
+UPLOAD_FILES = 1
+"""Files one upload request may carry: the page sends its one photo."""
 # After Classify: where the columns stack (phones), the answer is below the fold.
 SHOW_ANSWER_JS = (
     "() => document.getElementById('answer').scrollIntoView({behavior: 'smooth', block: 'nearest'})"
 )
 
 
-def uploaded_image(**kwargs: object) -> gr.Image:
-    """A ``gr.Image`` that hands the upload's path over undecoded, for our decoder to check."""
+def uploaded_image(demo: gr.Blocks, **kwargs: object) -> gr.Image:
+    """A ``gr.Image`` that hands the path of a file ``demo`` holds over undecoded, for our
+    decoder to check."""
     image = gr.Image(type="filepath", **kwargs)
-    internals.pass_upload_path(image)
+    internals.pass_upload_path(image, demo, NOT_UPLOADED)
     return image
 
 
@@ -173,7 +180,7 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
         outputs = [label, explained]
         with gr.Row(equal_height=False):
             with gr.Column():
-                image = uploaded_image(label="Photo", sources=["upload", "clipboard"])
+                image = uploaded_image(demo, label="Photo", sources=["upload", "clipboard"])
                 submit = gr.Button("Classify", variant="primary")
                 # Wired before the examples, whose event would otherwise take "predict"
                 # and leave this one the public "/predict_1". The state is no part of
@@ -207,7 +214,7 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
                     **private,
                 )
         gr.Markdown(provenance(metadata))
-    demo.queue(max_size=QUEUE_SIZE)
+    demo.queue(max_size=QUEUE_SIZE, api_open=False)  # the queue, with its caps, is the way in
     internals.set_queue_polling(demo, QUEUE_POLL_S, PROGRESS_POLL_S)
     return demo
 
@@ -226,13 +233,28 @@ def page_error(error: Exception) -> gr.Error:
     return gr.Error(request_id.internal_error_message(), duration=None, print_exception=False)
 
 
-def mount(api: FastAPI, demo: gr.Blocks) -> FastAPI:
-    """The page at ``/`` of ``api``; paths it does not know get the API's error shape."""
-    return gr.mount_gradio_app(
+def mount(api: FastAPI, demo: gr.Blocks, settings: Settings) -> FastAPI:
+    """The page at ``/`` of ``api``; paths it does not know get the API's error shape.
+
+    What ``launch()`` would switch on and the mount does not is switched on
+    here: Gradio's check that a payload's file is an upload, and monitoring
+    off. ``PageGuard`` goes inside ``RequestContext``, so its refusals carry
+    the request id too.
+    """
+    internals.check_uploads(demo)
+    internals.clean_up_failed_uploads(UPLOAD_FILES)
+    internals.cap_queue_per_client(
+        demo, settings.queue_per_client, client_of(settings.forwarded_hops)
+    )
+    mounted = gr.mount_gradio_app(
         api,
         demo,
         path="/",
         max_file_size=MAX_FILE_SIZE,
         show_error=False,
+        enable_monitoring=False,
         app_kwargs={"exception_handlers": error_handlers(api, framework_prefix=GRADIO_API)},
     )
+    inside = next(i for i, m in enumerate(api.user_middleware) if m.cls is RequestContext) + 1
+    api.user_middleware.insert(inside, Middleware(PageGuard, held=internals.holds(demo)))
+    return mounted

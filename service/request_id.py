@@ -15,6 +15,7 @@ import re
 import uuid
 from contextvars import ContextVar
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
@@ -61,7 +62,9 @@ class RequestContext:
 
     An exception that no handler answered is logged with its traceback and the
     request id, counted in ``/metrics``, and answered 500 with the id (unless the
-    response had begun: then the connection is closed, as it must be).
+    response had begun: then the connection is closed, as it must be). A client
+    that went away mid-request (or was cut off, past a deadline) is no bug: one
+    line, and nothing to answer.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -88,6 +91,8 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            log.info("The client went away during %s %s", scope["method"], scope["path"])
         except Exception:
             log.exception("Unexpected error answering %s %s", scope["method"], scope["path"])
             metrics.UNEXPECTED_ERRORS.inc()

@@ -1,9 +1,15 @@
-"""One uvicorn server on ``$PORT`` that stops gracefully, as Heroku asks.
+"""One uvicorn server on ``$PORT`` that stops gracefully, as Heroku asks, and bounds
+every connection.
 
 Heroku sends SIGTERM and kills the dyno 30 s later. On SIGTERM the server
 keeps listening but answers new requests 503 with ``Retry-After``, lets the
 classifications under way finish (``DRAIN_TIMEOUT`` s at most), then closes
 and exits 0. A second signal stops it at once.
+
+Every connection has a deadline for its headers and its body, idle ones
+close, headers have a size cap (431), and past ``MAX_CONNECTIONS`` open
+connections new requests get a quick 503 (``internals.BoundedH11Protocol``
+and ``Draining``). ``/healthz`` is answered through all of it.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Callable
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.internals import HookedSignalServer
+from service.internals import ConnectionLimits, HookedSignalServer, bounded_protocol
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +62,25 @@ CLASSIFYING = InFlight()
 
 
 class Draining:
-    """ASGI middleware: once ``start`` is called, new requests get 503."""
+    """ASGI middleware: new requests get 503 once ``started`` is set, or while ``crowded()``."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, crowded: Callable[[], bool]) -> None:
         self.app = app
         self.started = threading.Event()
+        self.crowded = crowded
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.started.is_set() or scope["path"] in ALWAYS_ANSWERED:
+        if scope["type"] != "http" or scope["path"] in ALWAYS_ANSWERED:
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": "The server is restarting; please try again."}).encode()
+        if self.started.is_set():
+            message = "The server is restarting; please try again."
+        elif self.crowded():
+            message = "The server is busy; please try again."
+        else:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"error": message}).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -83,17 +99,27 @@ class Draining:
 class GracefulServer:
     """uvicorn, draining on the first SIGTERM or SIGINT instead of closing at once."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
-        self.draining = Draining(app)
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.draining = Draining(app, crowded=self._crowded)
+        self.max_connections = settings.max_connections
+        limits = ConnectionLimits(
+            settings.header_timeout, settings.body_timeout, settings.max_header_bytes
+        )
         config = uvicorn.Config(
             self.draining,
-            host=host,
-            port=port,
+            host=settings.host,
+            port=settings.port,
+            http=bounded_protocol(limits),  # type: ignore[arg-type]
+            timeout_keep_alive=settings.keep_alive_timeout,  # type: ignore[arg-type]
+            h11_max_incomplete_event_size=settings.max_header_bytes,
             timeout_graceful_shutdown=CLOSE_TIMEOUT,
             log_config=None,  # the app's logging, request ids included
             access_log=False,
         )
         self.server = HookedSignalServer(config, on_first_signal=self._drain)
+
+    def _crowded(self) -> bool:
+        return len(self.server.server_state.connections) > self.max_connections
 
     def run(self) -> None:
         """Serve until stopped, then return."""

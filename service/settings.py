@@ -93,6 +93,52 @@ class Settings(BaseSettings):
         description="ONNX Runtime's arena for activations: kept between runs, it saves "
         "allocating them afresh each time",
     )
+    header_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="seconds a connection has to send a request's headers, from its opening "
+        "or its previous answer: a client that trickles them is cut off",
+    )
+    body_timeout: float = Field(
+        20.0,
+        gt=0,
+        description="seconds a request's body may take to arrive once its headers have: "
+        "408 past it (Heroku's router gives up at 30)",
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="seconds an idle keep-alive connection stays open"
+    )
+    max_header_bytes: int = Field(
+        16384,
+        ge=1024,
+        description="most bytes of a request's line and headers: 431 past it",
+    )
+    max_connections: int = Field(
+        100,
+        ge=1,
+        description="open connections past which new requests get a quick 503 with "
+        "`Retry-After` (`/healthz` is always answered)",
+    )
+    queue_per_client: int = Field(
+        8,
+        ge=1,
+        description="page events one client may have waiting in the page's queue (64 "
+        "places): past it, 503",
+    )
+    forwarded_hops: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="proxies in front that append to `X-Forwarded-For`; a client is the "
+        "entry that many from the end (`0`: the connection's peer). `setup.sh` sets `1` on "
+        "Heroku, whose router appends the address that connected to it",
+    )
+    metrics_token: str | None = Field(
+        None,
+        min_length=1,
+        description="if set, `/metrics` answers only `Authorization: Bearer <token>`; "
+        "unset, it is public (Heroku's metrics read it)",
+    )
     malloc_mmap_threshold_: int = Field(
         2097152,
         ge=0,
@@ -161,6 +207,8 @@ def variables() -> list[tuple[str, str, str]]:
 
 
 def _shown(default: object) -> str:
+    if default is None:
+        return "unset"
     if isinstance(default, bool):
         return "1" if default else "0"
     if isinstance(default, Path) and default.is_relative_to(ROOT):

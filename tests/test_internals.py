@@ -57,3 +57,31 @@ def test_an_upgrade_that_breaks_an_internal_stops_the_app(
         monkeypatch.setattr(uvicorn.Server, "__init__", init)
     with pytest.raises(internals.InternalsError, match=r"service/internals\.py relies on"):
         internals.check()
+
+
+def _lacking(*args: object, **kwargs: object) -> None:
+    """A stand-in with none of the names the app looks for."""
+
+
+async def _push(self: object, body: object, request: object) -> None:
+    """A queue's push that no longer takes the user name."""
+
+
+@pytest.mark.parametrize(
+    ("module", "attribute", "replacement"),
+    [
+        ("gradio.processing_utils", "_check_allowed", _lacking),
+        ("gradio.queueing.Queue", "push", _push),
+        ("gradio.route_utils.GradioMultiPartParser", "__init__", _lacking),
+        ("uvicorn.protocols.http.h11_impl.H11Protocol", "data_received", lambda self: None),
+        ("uvicorn.protocols.http.h11_impl.RequestResponseCycle", "__init__", _lacking),
+    ],
+)
+def test_an_upgrade_that_breaks_an_upload_or_connection_internal_stops_the_app(
+    module: str, attribute: str, replacement: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the upload check, the queue cap, the upload clean-up and the connection
+    deadlines reach into."""
+    monkeypatch.setattr(f"{module}.{attribute}", replacement)
+    with pytest.raises(internals.InternalsError, match=r"service/internals\.py relies on"):
+        internals.check()
