@@ -126,9 +126,19 @@ class UnsupportedImageError(ImageError):
 
 
 CORRUPT = "The image file is truncated or corrupt: it could not be decoded."
-DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, pyvips.Error)
+DECODER_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    pyvips.Error,
+    RuntimeError,
+)
 """What Pillow's and libvips' decoders raise on a broken file (Pillow's plugins
-use all of these for "this is not what the header promised")."""
+use all of these for "this is not what the header promised"; libavif and
+libheif raise ``RuntimeError``, libheif also where the coded size exceeds the
+header's)."""
 
 
 @contextmanager
@@ -348,21 +358,27 @@ def decode_with_photo(
     path = _decode_path(image, source)
     with decoding():  # the header's fields: a TIFF's tags are parsed when first read
         cost = decode_cost(image, source)
-        upright = upright_size(image)
+        upright = upright_size(image) if photo_side else image.size
     if photo_side:
         cost += PHOTO_BYTES_PER_PIXEL * photo_side * photo_side
     with admit(cost):
         rgb = path(image, source, spec)
         size = (spec.width, spec.height)
-        photo = None if not photo_side else _resized(rgb, fitted(upright, photo_side, rgb.size))
+        photo = _resized(rgb, fitted(upright, photo_side, rgb.size)) if photo_side else None
         if rgb.size != size:
             rgb = rgb.resize(size, RESAMPLING[spec.resize])
     return Decoded(rgb, photo)
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
-    """The image's (width, height) once its EXIF orientation is applied, from its header."""
+    """The image's (width, height) once its EXIF orientation is applied, from its header.
+
+    A PNG whose EXIF is not ahead of its pixels counts as upright: Pillow's
+    ``getexif`` would decode the whole image to look behind them.
+    """
     width, height = image.size
+    if image.format == "PNG" and "exif" not in image.info:
+        return width, height
     if image.getexif().get(ExifTags.Base.Orientation, 1) in _SWAPS_SIDES:
         return height, width
     return width, height
