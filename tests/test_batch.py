@@ -40,7 +40,8 @@ def test_three_photos_and_a_text_file_give_four_results_in_order(
     assert response.status_code == 200
     results = response.json()["results"]
     assert [r["file"] for r in results] == ["chelsea.png", "coffee.png", "notes.txt", "gray.jpg"]
-    for result, path in zip([results[0], results[1], results[3]], [CAT_PHOTO, COFFEE_PHOTO, gray]):
+    answered = [results[0], results[1], results[3]]
+    for result, path in zip(answered, [CAT_PHOTO, COFFEE_PHOTO, gray], strict=True):
         assert set(result) == {"file", "predictions"}
         assert result["predictions"] == classify(http, path).json()["predictions"]
     assert set(results[2]) == {"file", "error"}
