@@ -114,3 +114,17 @@ def test_mutated_files_in_batches_never_break_the_app(http: httpx.Client) -> Non
         send_batch(http, mutated[start : start + 4], tally)
     assert tally.failures == [], tally.counts
     assert tally.counts["batch 200"] == len(mutated) // 4
+
+
+def test_gradio_client_classifies_several_photos_and_one_as_before(app_url: str) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(app_url, verbose=False)
+    gallery = client.predict(
+        [handle_file(str(CAT_PHOTO)), handle_file(str(COFFEE_PHOTO))], api_name="/predict_many"
+    )
+    single = client.predict(handle_file(str(COFFEE_PHOTO)), api_name="/predict")
+    assert len(gallery) == 2
+    top = single["confidences"][0]
+    assert gallery[1]["caption"] == f"{top['label']} {top['confidence']:.0%}"
+    assert all(Path(item["image"]).is_file() for item in gallery)

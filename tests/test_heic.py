@@ -7,7 +7,7 @@ import contextlib
 import io
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -139,7 +139,7 @@ def top_class(http: httpx.Client, name: str, data: bytes, content_type: str) -> 
 
 
 def test_held_out_photos_as_heic_and_avif_answer_as_their_jpeg(
-    decided_app: str, tmp_path: Path
+    decided_app: str, tmp_path: Path, record_property: Callable[[str, object], None]
 ) -> None:
     photos = imagenet_sample_photos()[5::10][:AGREEMENT_PHOTOS]
     agree = {"heic": 0, "avif": 0}
@@ -152,5 +152,6 @@ def test_held_out_photos_as_heic_and_avif_answer_as_their_jpeg(
             heic_bytes = heic(image, tmp_path / "photo.heic").read_bytes()
             agree["heic"] += top_class(http, photo.name, heic_bytes, "image/heic") == expected
             agree["avif"] += top_class(http, photo.name, avif.getvalue(), "image/avif") == expected
+    record_property("agreement", agree)  # in --junitxml's report
     assert agree["heic"] >= AGREEMENT_NEEDED, agree
     assert agree["avif"] >= AGREEMENT_NEEDED, agree
