@@ -273,7 +273,7 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
                     )
                     results = gr.State(time_to_live=STATE_TTL_S)
                     # gradio_client: predict_many takes a list of files and gives the
-                    # gallery, each photo with its caption "top label NN%".
+                    # gallery (each photo captioned "top label NN%") and the first's label.
                     submit_several.click(
                         classify_many,
                         several,

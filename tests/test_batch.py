@@ -120,11 +120,12 @@ def test_gradio_client_classifies_several_photos_and_one_as_before(app_url: str)
     from gradio_client import Client, handle_file
 
     client = Client(app_url, verbose=False)
-    gallery = client.predict(
-        [handle_file(str(CAT_PHOTO)), handle_file(str(COFFEE_PHOTO))], api_name="/predict_many"
+    gallery, first = client.predict(
+        [handle_file(str(COFFEE_PHOTO)), handle_file(str(CAT_PHOTO))], api_name="/predict_many"
     )
     single = client.predict(handle_file(str(COFFEE_PHOTO)), api_name="/predict")
+    assert first == single
     assert len(gallery) == 2
     top = single["confidences"][0]
-    assert gallery[1]["caption"] == f"{top['label']} {top['confidence']:.0%}"
+    assert gallery[0]["caption"] == f"{top['label']} {top['confidence']:.0%}"
     assert all(Path(item["image"]).is_file() for item in gallery)
