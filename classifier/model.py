@@ -244,7 +244,7 @@ class Classifier:
 
     def preprocess(self, image: ImageSource) -> np.ndarray:
         """Decode within the memory budget, then make the model's input."""
-        return self._decode(image).input
+        return self._decode(image).array
 
     def _decode(self, image: ImageSource, photo_side: int | None = None) -> _Input:
         """The model's input and, with ``photo_side``, the photo, from one decode in the budget."""
@@ -438,5 +438,7 @@ class Classifier:
 
 @dataclass(frozen=True)
 class _Input:
+    """One decode, ready for the model: its input array and, if asked for, its photo."""
+
     array: np.ndarray
     photo: Image.Image | None
