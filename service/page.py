@@ -146,8 +146,11 @@ def caption(explained: Explanation) -> str:
 
 
 def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
-    """The page, with a stable ``/predict`` API endpoint for ``gradio_client``.
+    """The page, with stable API endpoints for ``gradio_client``: ``/predict`` (one
+    image -> its label, as ever) and ``/predict_many`` (several -> the gallery).
 
+    Several photos are classified one after another, each through the same
+    memory budget and batcher as any request, so a refused one fails alone.
     The examples sit under the photo, so where the columns stack (phones) they
     stay by the input rather than below the answer; Classify then scrolls the
     answer on screen (Gradio 6.31's ``scroll_to_output`` does nothing).
