@@ -424,7 +424,7 @@ def build_api(classifier: Classifier) -> FastAPI:
         description="Each file is answered on its own, in the order sent: its predictions as "
         "`/classify` gives them, or its `error`. The request fails only when the form does "
         f"(not multipart, no field `files`, more than {BATCH_FILES} files, over 20 MB in all).",
-        responses={code: failures[code] for code in (400, 413, 415, 422, 500, 503)},
+        responses=failures,
         openapi_extra=BATCH_DOC,
         response_model_exclude_none=True,
     )
