@@ -86,8 +86,8 @@ def maps_alone(classifier: Classifier, photo: Path) -> Callable[[], object]:
 
 
 def overlay_png(classifier: Classifier, photo: Path) -> bytes:
-    predictions = classifier.classify(photo, explain=True)
-    return png(classifier.overlay(photo, predictions[0].heatmap))
+    classified = classifier.classify_photo(photo, explain=True)
+    return png(classifier.overlay(classified.photo, classified.predictions[0].heatmap))
 
 
 def timings(model: Path, bare_model: Path, photo: Path, repeats: int) -> list[dict[str, Any]]:
@@ -153,9 +153,11 @@ def child(model: Path, photo: Path, requests: int, mode: str) -> None:
     loaded = _status_mb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     for _ in range(requests):
-        predictions = classifier.classify(photo, explain=mode != "off")
         if mode == "overlay":
-            png(classifier.overlay(photo, predictions[0].heatmap))
+            classified = classifier.classify_photo(photo, explain=True)
+            png(classifier.overlay(classified.photo, classified.predictions[0].heatmap))
+        else:
+            classifier.classify(photo, explain=mode != "off")
     print(json.dumps({"loaded_MB": loaded, "peak_MB": _status_mb("VmHWM")}))
 
 

@@ -19,29 +19,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image
+from PIL import Image
 
 from classifier.errors import ClassifierError
-from classifier.metadata import Preprocessing
-from classifier.options import DEFAULT_MAX_PIXELS
-from classifier.preprocess import (
-    Admission,
-    ImageSource,
-    decode,
-    no_admission,
-    open_image,
-)
 
 MAX_OVERLAY_SIDE = 1024
-"""The overlay is the photo as sent, shrunk to this on its longest side: the page
-shows no more, and a PNG of a 24-megapixel photo would be tens of megabytes."""
+"""The overlay is the photo as decoded for the classification, upright, shrunk to this
+on its longest side: the page shows no more, and a PNG of a 24-megapixel photo
+would be tens of megabytes."""
 OPACITY = 0.6
 """The heat's opacity where the map is 1; where it is 0 the photo shows as it is."""
 OVERLAY_COST_PER_PIXEL = 16
 """Bytes an overlay holds per pixel beside the photo: the upsampled map (float32),
 its colours and mask, the blend and its PNG."""
-_SWAPS_SIDES = {5, 6, 7, 8}
-"""EXIF orientations that turn the photo a quarter turn."""
 
 
 class NoHeatmapError(ClassifierError):
@@ -136,32 +126,16 @@ def overlay(photo: Image.Image, class_map: np.ndarray, opacity: float = OPACITY)
     return Image.composite(colours, photo.convert("RGB"), mask)
 
 
-def photo_for_overlay(
-    source: ImageSource,
-    max_side: int | None = MAX_OVERLAY_SIDE,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    admit: Admission = no_admission,
-) -> Image.Image:
-    """The photo as the user sent it, upright (EXIF orientation), as RGB, shrunk to
-    ``max_side`` on its longest side (None: full size).
-
-    It is decoded as the model's input is, within the memory budget
-    (``admit``), so a large upload costs no more here than there.
-    """
-    _rewind(source)
-    header = open_image(source, max_pixels)
-    width, height = header.size
-    if header.getexif().get(ExifTags.Base.Orientation, 1) in _SWAPS_SIDES:
-        width, height = height, width
-    scale = min(1.0, (max_side or max(width, height)) / max(width, height))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    _rewind(source)
-    return decode(source, Preprocessing(height=size[1], width=size[0]), max_pixels, admit)
-
-
 def overlay_cost(photo: Image.Image) -> int:
     """Bytes ``overlay`` and ``png`` hold for ``photo``, to reserve from the memory budget."""
     return OVERLAY_COST_PER_PIXEL * photo.size[0] * photo.size[1]
+
+
+def jpeg(image: Image.Image, quality: int = 85) -> bytes:
+    """JPEG bytes: a photo kept for later overlays, ~10 times smaller than its pixels."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def png(image: Image.Image) -> bytes:
@@ -169,8 +143,3 @@ def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def _rewind(source: ImageSource) -> None:
-    if hasattr(source, "seek") and not isinstance(source, Image.Image):
-        source.seek(0)

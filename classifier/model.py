@@ -36,7 +36,6 @@ from classifier.heatmap import (
     normalise,
     overlay,
     overlay_cost,
-    photo_for_overlay,
 )
 from classifier.labels import Label, LabelsError, read_labels
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
@@ -49,7 +48,7 @@ from classifier.options import (
     SessionOptions,
     available_cores,
 )
-from classifier.preprocess import ImageSource, preprocess
+from classifier.preprocess import Decoded, ImageSource, decode_with_photo, to_array
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +70,16 @@ class Prediction:
     heatmap: np.ndarray | None = field(default=None, compare=False, repr=False)
     """With ``explain=True``: where the model saw this class, ``(h, w)`` float32 in
     0..1 at the last feature map's resolution (see ``classifier.heatmap``)."""
+
+
+@dataclass(frozen=True)
+class Classified:
+    """One image's top classes and the photo they came from, decoded once for both."""
+
+    predictions: list[Prediction]
+    photo: Image.Image
+    """The upload upright (EXIF orientation), RGB, in its own proportions, at most
+    ``MAX_OVERLAY_SIDE`` a side: what ``Classifier.overlay`` draws on."""
 
 
 def session_options(options: SessionOptions) -> ort.SessionOptions:
@@ -235,13 +244,19 @@ class Classifier:
 
     def preprocess(self, image: ImageSource) -> np.ndarray:
         """Decode within the memory budget, then make the model's input."""
+        return self._decode(image).array
+
+    def _decode(self, image: ImageSource, photo_side: int | None = None) -> _Input:
+        """The model's input and, with ``photo_side``, the photo, from one decode in the budget."""
+        spec = self.metadata.preprocessing
         start = time.perf_counter()
         try:
-            return preprocess(
-                image, self.metadata.preprocessing, self.max_pixels, self.budget.reserve
+            decoded: Decoded = decode_with_photo(
+                image, spec, self.max_pixels, self.budget.reserve, photo_side
             )
         finally:
             self.observer.decoded(time.perf_counter() - start)
+        return _Input(to_array(decoded.input, spec), decoded.photo)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Model inputs ``(n, h, w, 3)`` -> probabilities ``(n, classes)``.
@@ -256,8 +271,7 @@ class Classifier:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Model inputs -> probabilities and, with ``explain``, the last feature map
         ``(n, h, w, channels)`` from the same run (``heatmap.class_maps`` makes maps of it)."""
-        if explain:
-            self._check_explains()
+        self.check_explain(explain)
         start = time.perf_counter()
         try:
             with self._explained(explain):
@@ -279,11 +293,14 @@ class Classifier:
         """Whether the model gives class activation maps (``explain=True``)."""
         return self.metadata.heatmap is not None
 
-    def _check_explains(self) -> None:
-        if not self.explains:
+    def check_explain(self, explain: bool) -> None:
+        """The one check of ``explain``, for every caller (the API, the page, scripts):
+        ``NoHeatmapError`` where it is asked of a model that gives no heatmap."""
+        if explain and not self.explains:
             raise NoHeatmapError(
-                f"{self.metadata.name} gives no heatmap: only models that end in global "
-                'average pooling and a dense layer do (its metadata says "heatmap": null).'
+                f"explain: {self.metadata.name} gives no heatmap: only models that end in "
+                'global average pooling and a dense layer do (its metadata says "heatmap": '
+                "null); leave explain out."
             )
 
     @contextmanager
@@ -378,24 +395,50 @@ class Classifier:
         self, images: Sequence[ImageSource], k: int = TOP_K, explain: bool = False
     ) -> list[list[Prediction]]:
         """Several images -> their top-k classes, in one model run."""
-        if explain:
-            self._check_explains()
-        inputs = [self.preprocess(image) for image in images]
-        batch = inputs[0][np.newaxis] if len(inputs) == 1 else np.stack(inputs)
+        return [predictions for predictions, _ in self._classify(images, k, explain)]
+
+    def classify_photo(
+        self,
+        image: ImageSource,
+        k: int = TOP_K,
+        explain: bool = False,
+        photo_side: int = MAX_OVERLAY_SIDE,
+    ) -> Classified:
+        """One image -> its top-k classes and the upright photo from the same decode,
+        at most ``photo_side`` a side, to draw ``overlay`` on or show as it was read."""
+        ((predictions, photo),) = self._classify([image], k, explain, photo_side)
+        assert photo is not None
+        return Classified(predictions, photo)
+
+    def _classify(
+        self,
+        images: Sequence[ImageSource],
+        k: int,
+        explain: bool,
+        photo_side: int | None = None,
+    ) -> list[tuple[list[Prediction], Image.Image | None]]:
+        self.check_explain(explain)
+        inputs = [self._decode(image, photo_side) for image in images]
+        arrays = [decoded.array for decoded in inputs]
+        batch = arrays[0][np.newaxis] if len(arrays) == 1 else np.stack(arrays)
         probabilities, features = self.predict_explained(batch, explain)
         return [
-            self.top_k(row, k, None if features is None else features[i])
+            (self.top_k(row, k, None if features is None else features[i]), inputs[i].photo)
             for i, row in enumerate(probabilities)
         ]
 
-    def overlay(
-        self, image: ImageSource, heatmap: np.ndarray, max_side: int | None = MAX_OVERLAY_SIDE
-    ) -> Image.Image:
-        """``image`` as sent (upright, shrunk to ``max_side``) with ``heatmap`` over it.
+    def overlay(self, photo: Image.Image, heatmap: np.ndarray) -> Image.Image:
+        """``photo`` (``Classified.photo``) with ``heatmap`` over it.
 
-        Its decode and the overlay's buffers draw on the memory budget, as a
-        classification's decode does.
+        The overlay's buffers draw on the memory budget, as a decode does.
         """
-        photo = photo_for_overlay(image, max_side, self.max_pixels, self.budget.reserve)
         with self.budget.reserve(overlay_cost(photo)):
             return overlay(photo, heatmap)
+
+
+@dataclass(frozen=True)
+class _Input:
+    """One decode, ready for the model: its input array and, if asked for, its photo."""
+
+    array: np.ndarray
+    photo: Image.Image | None

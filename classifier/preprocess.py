@@ -15,18 +15,22 @@ and streams non-interlaced PNG and TIFF row by row while they shrink to
 twice the model's input; other formats (GIF, BMP, interlaced PNG) are
 decoded once by Pillow at their own depth, then shrunk strip by strip.
 Orientation, transparency and mode conversion always come after the
-shrinking. ``decode_cost`` estimates, from the header alone, what a decode
+shrinking. AVIF (Pillow's own plugin) and HEIC/HEIF (``pillow-heif``,
+imported when the first such file arrives) decode in full through their
+libraries. ``decode_cost`` estimates, from the header alone, what a decode
 will cost, so callers can admit it against a memory budget first.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import struct
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -77,6 +81,10 @@ STREAMED_COST_PER_BAND_PIXEL = 0.5
 """libvips' shrink of a streamed PNG or TIFF: measured 0.3 to 0.4 a band and pixel."""
 SCALED_COST_PER_PIXEL = 0.25
 """JPEG and WebP decoded at reduced scale: a 40 MP file measured 3 to 8 MB."""
+FULL_DECODE_COST_PER_PIXEL = {"AVIF": 9.5, "HEIF": 8}
+"""Formats whose library decodes the whole image at once, whatever the path: the
+coded planes, their conversion to RGB and Pillow's copy. Measured (VmHWM) at
+12 and 40 megapixels: AVIF 9.3, HEIC 7.3 bytes a pixel."""
 STRIP_ROWS_TARGET = 256
 _ORIENTATIONS = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -88,6 +96,12 @@ _ORIENTATIONS = {
     8: Image.Transpose.ROTATE_90,
 }
 """EXIF orientation -> the transposition that makes the image upright."""
+_SWAPS_SIDES = {5, 6, 7, 8}
+"""EXIF orientations that turn the image a quarter turn."""
+HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
+HEIF_BRANDS |= {b"mif1", b"msf1"}  # HEIF's container brands (AVIF's too: Pillow tries it first)
+"""An ISO media file's major brands (bytes 8 to 12, after ``ftyp``) that pillow-heif reads."""
+FORMATS = "JPEG, PNG, GIF, WebP, BMP, TIFF, AVIF or HEIC"
 
 
 class ImageError(ClassifierError, ValueError):
@@ -112,9 +126,19 @@ class UnsupportedImageError(ImageError):
 
 
 CORRUPT = "The image file is truncated or corrupt: it could not be decoded."
-DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, pyvips.Error)
+DECODER_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    pyvips.Error,
+    RuntimeError,
+)
 """What Pillow's and libvips' decoders raise on a broken file (Pillow's plugins
-use all of these for "this is not what the header promised")."""
+use all of these for "this is not what the header promised"; libavif and
+libheif raise ``RuntimeError``, libheif also where the coded size exceeds the
+header's)."""
 
 
 @contextmanager
@@ -174,9 +198,7 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
         if isinstance(source, bytes):
             source = io.BytesIO(source)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(source)
+            image = _open_checked(source)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             log.info("Decompression bomb refused: %s", error)
             raise ImageTooLargeError(
@@ -185,7 +207,7 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             ) from error
         except UnidentifiedImageError as error:
             raise UnsupportedImageError(
-                "The file is not an image that can be read (use JPEG, PNG, GIF, WebP, BMP or TIFF)."
+                f"The file is not an image that can be read (use {FORMATS})."
             ) from error
         except DECODER_ERRORS as error:
             log.info("Header unreadable: %s: %s", type(error).__name__, error)
@@ -201,6 +223,48 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
     return image
 
 
+def _open_checked(source: str | Path | BinaryIO) -> Image.Image:
+    """``Image.open`` with Pillow's bomb warning an error; a HEIF file loads its plugin first."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(source)
+        except UnidentifiedImageError:
+            if not _is_heif(source):
+                raise
+            _register_heif()
+            return Image.open(source)
+
+
+def _is_heif(source: str | Path | BinaryIO) -> bool:
+    """Whether the file starts as a HEIF file does: an ``ftyp`` box with a HEIF brand."""
+    if isinstance(source, str | Path):
+        with open(source, "rb") as stream:
+            head = stream.read(12)
+    else:
+        source.seek(0)
+        head = source.read(12)
+        source.seek(0)
+    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+
+
+@functools.cache
+def _register_heif() -> None:
+    """Teach Pillow HEIF, once, when the first HEIF file arrives.
+
+    Imported here rather than at start, so a process that never sees one
+    never loads libheif. Thumbnails, depth and auxiliary images are never
+    read; libheif decodes on one thread, as libvips does (decodes already
+    run side by side, one per core).
+    """
+    import pillow_heif
+
+    pillow_heif.register_heif_opener(
+        thumbnails=False, depth_images=False, aux_images=False, decode_threads=1
+    )
+    log.info("HEIF support loaded (pillow-heif %s)", pillow_heif.__version__)
+
+
 def decode_cost(image: Image.Image, source: ImageSource) -> int:
     """Bytes a decode of ``image`` will take at its peak, from its header alone.
 
@@ -213,7 +277,10 @@ def decode_cost(image: Image.Image, source: ImageSource) -> int:
     if path is _decode_exact:
         return BASE_COST + EXACT_COST_PER_PIXEL * pixels
     if path is _decode_in_strips:
-        return BASE_COST + _BYTES_PER_PIXEL.get(image.mode, 4) * pixels + _strip_cost(image)
+        per_pixel = FULL_DECODE_COST_PER_PIXEL.get(
+            image.format or "", _BYTES_PER_PIXEL.get(image.mode, 4)
+        )
+        return BASE_COST + int(per_pixel * pixels) + _strip_cost(image)
     if path is _decode_jpeg_drafted:
         if image.info.get("progressive"):
             return BASE_COST + _jpeg_coefficient_bytes(image)
@@ -242,8 +309,24 @@ def _jpeg_coefficient_bytes(image: Image.Image) -> int:
 
 
 def _strip_cost(image: Image.Image) -> int:
-    """One strip converted to RGBA and its reduction: small beside the image."""
-    return 16 * image.size[0] * STRIP_ROWS_TARGET * 2
+    """One strip converted to RGBA (or, already RGB, copied) and its reduction: small
+    beside the image."""
+    per_pixel = 6 if image.mode == "RGB" else 16
+    return per_pixel * image.size[0] * STRIP_ROWS_TARGET * 2
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An upload decoded once: the model's input and, if asked for, the photo to draw on."""
+
+    input: Image.Image
+    """Upright RGB at the model's input size, exactly as Keras makes it."""
+    photo: Image.Image | None
+    """Upright RGB in the upload's own proportions, at most ``photo_side`` a side and
+    no larger than the decode had it: the same pixels, for overlays and thumbnails."""
+
+
+PHOTO_BYTES_PER_PIXEL = 3
 
 
 def decode(
@@ -252,21 +335,64 @@ def decode(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     admit: Admission = no_admission,
 ) -> Image.Image:
-    """Decode an upload into an upright RGB image of the model's input size.
+    """Decode an upload into an upright RGB image of the model's input size."""
+    return decode_with_photo(source, spec, max_pixels, admit).input
+
+
+def decode_with_photo(
+    source: ImageSource,
+    spec: Preprocessing,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    admit: Admission = no_admission,
+    photo_side: int | None = None,
+) -> Decoded:
+    """Decode an upload into the model's input and, with ``photo_side``, the photo.
 
     The header is read and checked first; ``admit(cost)`` then holds the
-    decode's estimated memory while it runs (a memory budget, in the app).
+    decode's estimated memory (and the photo's) while it runs (a memory
+    budget, in the app). Both come from the one upright RGB decode: the
+    input by the resize Keras does, the photo by a resize to the upload's
+    own proportions, which libvips' forced shrink does not keep.
     """
     image = open_image(source, max_pixels)
     path = _decode_path(image, source)
     with decoding():  # the header's fields: a TIFF's tags are parsed when first read
         cost = decode_cost(image, source)
+        upright = upright_size(image) if photo_side else image.size
+    if photo_side:
+        cost += PHOTO_BYTES_PER_PIXEL * photo_side * photo_side
     with admit(cost):
         rgb = path(image, source, spec)
-    size = (spec.width, spec.height)
-    if rgb.size != size:
-        rgb = rgb.resize(size, RESAMPLING[spec.resize])
-    return rgb
+        size = (spec.width, spec.height)
+        photo = _resized(rgb, fitted(upright, photo_side, rgb.size)) if photo_side else None
+        if rgb.size != size:
+            rgb = rgb.resize(size, RESAMPLING[spec.resize])
+    return Decoded(rgb, photo)
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """The image's (width, height) once its EXIF orientation is applied, from its header.
+
+    A PNG whose EXIF is not ahead of its pixels counts as upright: Pillow's
+    ``getexif`` would decode the whole image to look behind them.
+    """
+    width, height = image.size
+    if image.format == "PNG" and "exif" not in image.info:
+        return width, height
+    if image.getexif().get(ExifTags.Base.Orientation, 1) in _SWAPS_SIDES:
+        return height, width
+    return width, height
+
+
+def fitted(size: tuple[int, int], side: int, within: tuple[int, int]) -> tuple[int, int]:
+    """``size``'s proportions, at most ``side`` and ``within``'s longest side a side."""
+    width, height = size
+    scale = min(1.0, min(side, max(within)) / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)
 
 
 DecodePath = Callable[[Image.Image, ImageSource, Preprocessing], Image.Image]

@@ -1,6 +1,7 @@
-"""The HTTP API beside the page: ``POST /classify``, health checks and metrics.
+"""The HTTP API beside the page: ``POST /classify``, its batch, health checks and metrics.
 
-One request classifies one image, so any number of instances can serve it
+One request classifies one image (or, at ``/classify/batch``, up to
+``BATCH_FILES`` at once, each answered on its own), so any number of instances can serve it
 behind a load balancer with no session affinity (the Gradio page needs
 affinity: its upload, call and result are three requests to one process).
 Every answer that is not a success is ``{"error": "<a message for people>"}``
@@ -8,6 +9,7 @@ with a status that says whose fault it is (``ClassifierError.status``), the
 framework's own (404, 405, validation) included; bad input never gets a 500.
 """
 
+import asyncio
 import base64
 import hmac
 import http
@@ -26,18 +28,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from starlette.datastructures import Headers, UploadFile
+from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from classifier.errors import ClassifierError
-from classifier.heatmap import NoHeatmapError, png
+from classifier.heatmap import png
 from classifier.model import Classifier, Prediction
 from classifier.options import TOP_K
 from classifier.preprocess import ImageError, ImageTooLargeError, UnsupportedImageError
-from service import metrics
+from service import metrics, request_id
 from service.guard import SecurityHeaders
 from service.request_id import RequestContext
 
@@ -49,6 +51,8 @@ ENVELOPE_BYTES = 64 * 1024
 """Room for a multipart form's boundaries and part headers around the file."""
 SPOOL_BYTES = 1024 * 1024
 """Uploads up to this size stay in memory; larger ones are spooled to disk."""
+BATCH_FILES = 16
+"""The most files ``POST /classify/batch`` takes, all within ``MAX_UPLOAD_BYTES`` together."""
 
 
 class PredictionOut(BaseModel):
@@ -78,6 +82,22 @@ class ClassificationOut(BaseModel):
     )
 
 
+class FileResultOut(BaseModel):
+    file: str = Field(examples=["cat.jpg"], description="The file's name, as the form sent it")
+    predictions: list[PredictionOut] | None = Field(None, description="As `/classify` gives them")
+    overlay: str | None = Field(None, description="With `explain=true`, as on `/classify`")
+    error: str | None = Field(
+        None,
+        examples=["The file is not an image that can be read."],
+        description="Instead of `predictions`: why this file could not be classified",
+    )
+
+
+class BatchOut(BaseModel):
+    results: list[FileResultOut] = Field(description="One per file, in the order sent")
+    model: ModelOut
+
+
 class ErrorOut(BaseModel):
     error: str = Field(examples=["The file is not an image that can be read."])
 
@@ -99,6 +119,28 @@ HTTP_MESSAGES = {
     405: "This path does not take {method}: use {allowed}.",
 }
 
+BATCH_DOC = {
+    "requestBody": {
+        "required": True,
+        "description": f"Up to {BATCH_FILES} images, each a multipart form field `files` "
+        "(`curl -F files=@a.jpg -F files=@b.heic`), 20 MB in all.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "maxItems": BATCH_FILES,
+                        }
+                    },
+                    "required": ["files"],
+                }
+            }
+        },
+    }
+}
 UPLOAD_DOC = {
     "requestBody": {
         "required": True,
@@ -184,14 +226,7 @@ async def read_upload(request: Request) -> BinaryIO:
 
 async def read_form_file(request: Request) -> BinaryIO:
     """The form's one file, from the field ``file``."""
-    parser = MultiPartParser(request.headers, request.stream(), max_files=1, max_fields=1)
-    try:
-        form = await parser.parse()
-    except MultiPartException as error:
-        log.info("Unreadable multipart form: %s", error)
-        raise MalformedUploadError(
-            "The form could not be read: send one image, as the multipart form field `file`."
-        ) from error
+    form = await parse_form(request, 1, "send one image, as the multipart form field `file`")
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         await form.close()
@@ -200,6 +235,31 @@ async def read_form_file(request: Request) -> BinaryIO:
         await form.close()
         raise UploadTooLargeError(_too_large_message())
     return upload.file
+
+
+async def parse_form(request: Request, max_files: int, hint: str) -> FormData:
+    """The multipart form, of at most ``max_files`` files; ``hint`` says what to send instead."""
+    parser = MultiPartParser(request.headers, request.stream(), max_files=max_files, max_fields=1)
+    try:
+        return await parser.parse()
+    except MultiPartException as error:
+        log.info("Unreadable multipart form: %s", error)
+        raise MalformedUploadError(f"The form could not be read: {hint}.") from error
+
+
+async def read_form_files(request: Request) -> tuple[FormData, list[UploadFile]]:
+    """The form and its files, from the fields ``files``, in the order sent."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise UnsupportedImageError(
+            "Send the images as a multipart form, each in a field `files` (curl -F files=@a.jpg)."
+        )
+    hint = f"send up to {BATCH_FILES} images, each as a multipart form field `files`"
+    form = await parse_form(request, BATCH_FILES, hint)
+    uploads = [upload for upload in form.getlist("files") if isinstance(upload, UploadFile)]
+    if not uploads:
+        await form.close()
+        raise MissingUploadError(f"No images: {hint}.")
+    return form, uploads
 
 
 def _too_large_message() -> str:
@@ -304,51 +364,86 @@ def build_api(classifier: Classifier, metrics_token: str | None = None) -> FastA
     api.add_middleware(SecurityHeaders)
     api.add_middleware(RequestContext)  # outermost: its id is on the others' log lines
 
-    def top_overlay(upload: BinaryIO, predictions: list[Prediction]) -> str:
-        """The top class's heatmap over the photo, a PNG in base64."""
-        image = classifier.overlay(upload, predictions[0].heatmap)
-        return base64.b64encode(png(image)).decode("ascii")
+    def answer(upload: BinaryIO, k: int, explain: bool) -> ClassificationOut:
+        """One upload -> the answer ``/classify`` gives (run in a worker thread)."""
+        if not explain:
+            return classification_out(classifier.classify(upload, k), model)
+        classified = classifier.classify_photo(upload, k, explain=True)
+        image = classifier.overlay(classified.photo, classified.predictions[0].heatmap)
+        overlay = base64.b64encode(png(image)).decode("ascii")
+        return classification_out(classified.predictions, model, overlay)
+
+    async def file_result(upload: UploadFile, k: int, explain: bool) -> FileResultOut:
+        """One file of a batch: its answer, or its error, which fails it alone."""
+        name = upload.filename or ""
+        try:
+            with metrics.observed("batch"):
+                if (upload.size or 0) > MAX_UPLOAD_BYTES:
+                    raise UploadTooLargeError(_too_large_message())
+                answered = await run_in_threadpool(answer, upload.file, k, explain)
+        except ClassifierError as error:
+            if error.server_fault:
+                log.error("Unexpected error on %r of a batch", name, exc_info=error)
+                return FileResultOut(file=name, error=request_id.internal_error_message())
+            return FileResultOut(file=name, error=str(error))
+        return FileResultOut(file=name, predictions=answered.predictions, overlay=answered.overlay)
+
+    k_query = Annotated[int, Query(ge=1, le=classes, description="How many classes")]
+    explain_query = Annotated[
+        bool, Query(description="Add each class's heatmap and the top one over the photo")
+    ]
+    failures = {
+        code: {"model": ErrorOut, "description": description}
+        for code, description in (
+            (400, "An unreadable, truncated or corrupt image"),
+            (413, "A file or image over the limits"),
+            (415, "Not an image type the app reads"),
+            (422, "A bad `k`, or `explain` for a model without a heatmap"),
+            (500, "A bug: the answer names the request's id, which its log lines carry"),
+            (503, "Saturated or shutting down: retry after `Retry-After` seconds"),
+        )
+    }
 
     @api.post(
         "/classify",
         response_model=ClassificationOut,
         summary="Classify one image",
-        responses={
-            code: {"model": ErrorOut, "description": description}
-            for code, description in (
-                (400, "An unreadable, truncated or corrupt image"),
-                (413, "A file or image over the limits"),
-                (415, "Not an image type the app reads"),
-                (422, "A bad `k`, or `explain` for a model without a heatmap"),
-                (500, "A bug: the answer names the request's id, which its log lines carry"),
-                (503, "Saturated or shutting down: retry after `Retry-After` seconds"),
-            )
-        },
+        responses=failures,
         openapi_extra=UPLOAD_DOC,
         response_model_exclude_none=True,
     )
     async def classify(
-        request: Request,
-        k: Annotated[int, Query(ge=1, le=classes, description="How many classes")] = TOP_K,
-        explain: Annotated[
-            bool, Query(description="Add each class's heatmap and the top one over the photo")
-        ] = False,
+        request: Request, k: k_query = TOP_K, explain: explain_query = False
     ) -> ClassificationOut | Response:
-        if explain and not classifier.explains:
-            raise NoHeatmapError(
-                f"explain: {metadata.name} gives no heatmap (its head is not global "
-                "average pooling and a dense layer); leave explain out."
-            )
+        classifier.check_explain(explain)
         with metrics.observed("classify"):
             upload = await read_upload(request)
             try:
-                predictions = await run_in_threadpool(classifier.classify, upload, k, explain)
-                overlay = (
-                    await run_in_threadpool(top_overlay, upload, predictions) if explain else None
-                )
+                return await run_in_threadpool(answer, upload, k, explain)
             finally:
                 upload.close()
-        return classification_out(predictions, model, overlay)
+
+    @api.post(
+        "/classify/batch",
+        response_model=BatchOut,
+        summary=f"Classify up to {BATCH_FILES} images at once",
+        description="Each file is answered on its own, in the order sent: its predictions as "
+        "`/classify` gives them, or its `error`. The request fails only when the form does "
+        f"(not multipart, no field `files`, more than {BATCH_FILES} files, over 20 MB in all).",
+        responses=failures,
+        openapi_extra=BATCH_DOC,
+        response_model_exclude_none=True,
+    )
+    async def classify_batch(
+        request: Request, k: k_query = TOP_K, explain: explain_query = False
+    ) -> BatchOut:
+        classifier.check_explain(explain)
+        form, uploads = await read_form_files(request)
+        try:
+            results = await asyncio.gather(*(file_result(upload, k, explain) for upload in uploads))
+        finally:
+            await form.close()
+        return BatchOut(results=list(results), model=model)
 
     @api.get("/healthz", summary="The process answers")
     async def healthz() -> dict[str, str]:

@@ -1,7 +1,9 @@
-"""The Gradio page: Image in, Label out, thin over ``Classifier``."""
+"""The Gradio page: a photo (uploaded, pasted or from the camera) or several in,
+labels and heatmaps out, thin over ``Classifier``."""
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,12 @@ from PIL import Image
 from starlette.middleware import Middleware
 
 from classifier.errors import ClassifierError
-from classifier.heatmap import photo_for_overlay
+from classifier.heatmap import jpeg
 from classifier.metadata import ModelMetadata
-from classifier.model import Classifier, Prediction
+from classifier.model import Classified, Classifier
 from classifier.options import TOP_K
 from service import internals, metrics, request_id
-from service.api import error_handlers
+from service.api import BATCH_FILES, error_handlers
 from service.guard import NOT_UPLOADED, PageGuard, client_of
 from service.request_id import RequestContext
 from service.settings import Settings
@@ -39,8 +41,20 @@ CONCURRENCY = 8
 """Page requests classified at once; the memory budget decides how many decode."""
 # Temporary uploads: swept every 10 minutes, once an hour old.
 DELETE_CACHE = (600, 3600)
-UPLOAD_FILES = 1
-"""Files one upload request may carry: the page sends its one photo."""
+UPLOAD_FILES = BATCH_FILES
+"""Files one upload request may carry: the photo box sends one, the box for several
+photos at once up to ``BATCH_FILES`` together."""
+STATE_PHOTO_SIDE = 640
+"""The photo a session keeps to draw heatmaps on, at most this a side, as a JPEG."""
+STATE_TTL_S = 900
+"""A session's classifications are dropped this long after they were made."""
+REAR_CAMERA = gr.WebcamOptions(
+    mirror=False, constraints={"video": {"facingMode": {"ideal": "environment"}}}
+)
+"""The camera as a source: a phone's rear one where the browser offers a choice."""
+HEIF_TYPES = [".heic", ".heif", ".avif"]
+"""Not every browser counts these as ``image/*`` in its file chooser."""
+CLEAR_JS = "() => null"
 # After Classify: where the columns stack (phones), the answer is below the fold.
 SHOW_ANSWER_JS = (
     "() => document.getElementById('answer').scrollIntoView({behavior: 'smooth', block: 'nearest'})"
@@ -96,16 +110,25 @@ def provenance(metadata: ModelMetadata) -> str:
 
 
 Explanation = dict[str, Any]
-"""What the page keeps of a classification to draw its heatmaps: the photo's path,
-the top classes' labels and their maps (lists, which Gradio's state compares)."""
+"""What the page keeps of one classified photo, in the session's state: its answer,
+the top classes' labels and maps (lists, which Gradio's state compares) and the
+photo decoded for the classification as a small JPEG (``STATE_PHOTO_SIDE``,
+~50 kB). Never the upload or full-size pixels: hundreds of idle sessions share a
+512 MB dyno, and the state is dropped after ``STATE_TTL_S`` besides."""
 
 
-def explanation(image_path: str, predictions: list[Prediction]) -> Explanation:
+def explanation(classified: Classified) -> Explanation:
+    predictions = classified.predictions
     return {
-        "photo": image_path,
+        "answer": {p.label: p.probability for p in predictions},
         "labels": [p.label for p in predictions],
-        "maps": [p.heatmap.tolist() for p in predictions],
+        "maps": [None if p.heatmap is None else p.heatmap.tolist() for p in predictions],
+        "photo": jpeg(classified.photo),
     }
+
+
+def kept_photo(explained: Explanation) -> Image.Image:
+    return Image.open(io.BytesIO(explained["photo"]))
 
 
 def heatmap_view(
@@ -116,39 +139,86 @@ def heatmap_view(
         return None
     labels = explained["labels"]
     index = labels.index(choice) if choice in labels else 0
+    photo = kept_photo(explained)
+    if not show or explained["maps"][index] is None:
+        return photo
     try:
-        if not show:
-            return photo_for_overlay(
-                explained["photo"],
-                max_pixels=classifier.max_pixels,
-                admit=classifier.budget.reserve,
-            )
-        return classifier.overlay(explained["photo"], np.asarray(explained["maps"][index]))
+        return classifier.overlay(photo, np.asarray(explained["maps"][index]))
     except Exception as error:
         raise page_error(error) from error
 
 
-def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
-    """The page, with a stable ``/predict`` API endpoint for ``gradio_client``.
+def caption(explained: Explanation) -> str:
+    label, probability = next(iter(explained["answer"].items()))
+    return f"{label} {probability:.0%}"
 
+
+def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
+    """The page, with stable API endpoints for ``gradio_client``: ``/predict`` (one
+    image -> its label, as ever) and ``/predict_many`` (several -> the gallery).
+
+    Several photos are classified one after another, each through the same
+    memory budget and batcher as any request, so a refused one fails alone.
     The examples sit under the photo, so where the columns stack (phones) they
     stay by the input rather than below the answer; Classify then scrolls the
     answer on screen (Gradio 6.31's ``scroll_to_output`` does nothing).
     """
 
+    def classified(image_path: str) -> Explanation:
+        """One photo through ``Classifier``, counted in the page's metrics."""
+        with metrics.observed("page"):
+            return explanation(
+                classifier.classify_photo(
+                    image_path, TOP_K, explain=classifier.explains, photo_side=STATE_PHOTO_SIDE
+                )
+            )
+
     def classify(
         image_path: str | None, request: gr.Request
-    ) -> tuple[dict[str, float], Explanation | None]:
+    ) -> tuple[dict[str, float], Explanation]:
         request_id.current.set(request_id.request_id_from(request.headers.get(request_id.HEADER)))
         if image_path is None:
             raise gr.Error("Please upload an image first.")
         try:
-            with metrics.observed("page"):
-                predictions = classifier.classify(image_path, TOP_K, explain=classifier.explains)
+            explained = classified(image_path)
         except Exception as error:
             raise page_error(error) from error
-        answer = {prediction.label: prediction.probability for prediction in predictions}
-        return answer, explanation(image_path, predictions) if classifier.explains else None
+        return explained["answer"], explained
+
+    def classify_many(
+        paths: list[str] | None, request: gr.Request
+    ) -> tuple[list[tuple[Image.Image, str]], list[Explanation], dict[str, float], Explanation]:
+        """Each photo on its own: the gallery shows those classified, a warning names the
+        rest; the first one's answer and heatmap show until another is picked."""
+        request_id.current.set(request_id.request_id_from(request.headers.get(request_id.HEADER)))
+        if not paths:
+            raise gr.Error("Please choose one or more photos first.")
+        if len(paths) > BATCH_FILES:
+            raise gr.Error(f"Please choose at most {BATCH_FILES} photos at once.")
+        results, refused = [], []
+        for path in paths:
+            try:
+                results.append(classified(path))
+            except ClassifierError as error:
+                if error.server_fault:
+                    raise page_error(error) from error
+                refused.append(f"{Path(path).name}: {error}")
+            except Exception as error:
+                raise page_error(error) from error
+        if refused:
+            message = "Not classified: " + "; ".join(refused)
+            if not results:
+                raise gr.Error(message, duration=None, print_exception=False)
+            gr.Warning(message, duration=None)
+        gallery = [(kept_photo(result), caption(result)) for result in results]
+        return gallery, results, results[0]["answer"], results[0]
+
+    def picked(results: list[Explanation] | None, selected: gr.SelectData) -> tuple[Any, Any]:
+        """A photo picked in the gallery: its answer, and its heatmap through the state."""
+        if not results or selected.index is None:
+            return None, None
+        chosen = results[selected.index]
+        return chosen["answer"], chosen
 
     def explained_answer(explained: Explanation | None, show: bool) -> tuple[Any, Any]:
         """A new answer: the top class's heatmap, and the top classes to choose from."""
@@ -167,7 +237,7 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
             num_top_classes=TOP_K, label=f"Top {TOP_K} classes", elem_id="answer", render=False
         )
         # The heatmap of each classification; with a model that has none, never shown.
-        explained = gr.State()
+        explained = gr.State(time_to_live=STATE_TTL_S)
         heatmap = gr.Image(
             label="Where the model looked",
             type="pil",
@@ -180,14 +250,56 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
         outputs = [label, explained]
         with gr.Row(equal_height=False):
             with gr.Column():
-                image = uploaded_image(demo, label="Photo", sources=["upload", "clipboard"])
+                image = uploaded_image(
+                    demo,
+                    label="Photo",
+                    sources=["upload", "webcam", "clipboard"],
+                    webcam_options=REAR_CAMERA,
+                )
                 submit = gr.Button("Classify", variant="primary")
                 # Wired before the examples, whose event would otherwise take "predict"
                 # and leave this one the public "/predict_1". The state is no part of
                 # the API: gradio_client gets the label alone.
-                submit.click(
+                classified_one = submit.click(
                     classify, image, outputs, api_name="predict", concurrency_limit=CONCURRENCY
-                ).success(None, js=SHOW_ANSWER_JS)
+                )
+                classified_one.success(None, js=SHOW_ANSWER_JS)
+                # A refused file would stay in the box as a broken-image icon.
+                classified_one.failure(None, None, image, js=CLEAR_JS)
+                with gr.Accordion("Several photos at once", open=False, elem_id="several"):
+                    several = gr.File(
+                        label=f"Photos (up to {BATCH_FILES})",
+                        file_count="multiple",
+                        file_types=["image", *HEIF_TYPES],
+                        type="filepath",
+                        elem_id="several-photos",
+                    )
+                    submit_several = gr.Button("Classify all", elem_id="classify-all")
+                    gallery = gr.Gallery(
+                        label="Answers: pick one for its classes and heatmap",
+                        columns=4,
+                        height="auto",
+                        allow_preview=False,
+                        interactive=False,
+                        elem_id="gallery",
+                    )
+                    results = gr.State(time_to_live=STATE_TTL_S)
+                    # gradio_client: predict_many takes a list of files and gives the
+                    # gallery (each photo captioned "top label NN%") and the first's label.
+                    submit_several.click(
+                        classify_many,
+                        several,
+                        [gallery, results, label, explained],
+                        api_name="predict_many",
+                        concurrency_limit=CONCURRENCY,
+                    ).success(None, js=SHOW_ANSWER_JS)
+                    gallery.select(
+                        picked,
+                        results,
+                        [label, explained],
+                        api_visibility="private",
+                        concurrency_limit=CONCURRENCY,
+                    )
                 gr.Examples(
                     examples=[[str(path)] for path in examples],
                     inputs=image,

@@ -1,16 +1,18 @@
 """A seeded mutation fuzzer over the app's two ways in: ``POST /classify`` and ``/predict``.
 
 Seeds are real files in every format the app reads (JPEG baseline and
-progressive, PNG in five modes, interlaced PNG, GIF, WebP, BMP, TIFF), small
-and over 4 megapixels (the shrinking decoders). Each case applies one to
+progressive, PNG in five modes, interlaced PNG, GIF, WebP, BMP, TIFF, AVIF,
+HEIC), small and over 4 megapixels (the shrinking decoders). Each case applies one to
 three mutations, as file fuzzers do: bit flips, runs of bytes, truncation,
 edits of header fields to edge values, and splices of two files; PNG chunk
 checksums are sometimes fixed again, so edits reach past the CRC check into
 the decoders. The same seed gives the same cases.
 
 Every answer must be a 200 or a JSON 4xx (503 with ``Retry-After`` allowed);
-never a 500, never a dropped connection. ``tests/test_fuzz.py`` runs a few
-hundred cases; ``benchmarks/fuzz.py`` runs thousands and counts them.
+never a 500, never a dropped connection; ``POST /classify/batch`` gets them
+several to a form and must answer each in its own entry.
+``tests/test_fuzz.py`` runs a few hundred cases; ``benchmarks/fuzz.py`` runs
+thousands and counts them.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def seed_files(photo: Image.Image) -> dict[str, bytes]:
         save(f"{size}.webp", image, "WEBP", quality=80)
         save(f"{size}.tiff", image, "TIFF", compression="tiff_deflate")
         save(f"{size}.gif", image.quantize(64), "GIF")
+        save(f"{size}.avif", image, "AVIF", quality=50, speed=10)
+        files[f"{size}.heic"] = heic(image)
     rgba = small.convert("RGBA")
     rgba.putalpha(128)
     save("rgba.png", rgba, "PNG")
@@ -67,6 +71,14 @@ def seed_files(photo: Image.Image) -> dict[str, bytes]:
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=50)
     files["animated.gif"] = buffer.getvalue()
     return files
+
+
+def heic(image: Image.Image) -> bytes:
+    import pillow_heif
+
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(image).save(buffer, quality=60)
+    return buffer.getvalue()
 
 
 # --- mutations ---------------------------------------------------------------
@@ -181,6 +193,32 @@ def send_rest(http: httpx.Client, case: Case, tally: Tally) -> None:
     busy = status == 503 and "retry-after" in response.headers
     allowed = status == 200 or 400 <= status < 500 or busy
     tally.add(f"REST {status}", case, ok=shaped and allowed, detail=response.text[:200])
+
+
+def send_batch(http: httpx.Client, batch: list[Case], tally: Tally) -> None:
+    """Cases together to ``POST /classify/batch``: 200 with one entry per file, in
+    order, each its predictions or its error; or a JSON 4xx for the form."""
+    case = Case(" | ".join(c.name for c in batch), b"")
+    files = [("files", (f"upload{i}", c.data)) for i, c in enumerate(batch)]
+    try:
+        response = http.post("classify/batch", files=files)
+    except httpx.HTTPError as error:
+        tally.add("dropped", case, ok=False, detail=repr(error))
+        return
+    status = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        tally.add(f"batch {status}", case, ok=False, detail=response.text[:200])
+        return
+    if status == 200:
+        results = body.get("results", [])
+        ok = [r.get("file") for r in results] == [f"upload{i}" for i in range(len(batch))] and all(
+            ("predictions" in r) != ("error" in r) for r in results
+        )
+    else:
+        ok = 400 <= status < 500 and set(body) == {"error"}
+    tally.add(f"batch {status}", case, ok=ok, detail=response.text[:200])
 
 
 def send_page(client: Client, folder: Path, case: Case, tally: Tally) -> None:

@@ -156,6 +156,22 @@ def write_large_animated_gif(path: Path) -> None:
     first.save(path, save_all=True, append_images=[second], duration=100, loop=0, transparency=0)
 
 
+PHONE_SIZE = (4032, 3024)
+"""12.2 megapixels, an iPhone's HEIC. HEIC and AVIF decode in full (7.3 and 9.3 bytes
+a pixel), so the budget takes them up to about 14 and 11 megapixels."""
+AVIF_SIZE = (3840, 2880)
+
+
+def write_large_heic(path: Path) -> None:
+    import pillow_heif
+
+    pillow_heif.from_pillow(gradient(PHONE_SIZE)).save(path, quality=60)
+
+
+def write_large_avif(path: Path) -> None:
+    gradient(AVIF_SIZE).save(path, quality=50, speed=10)
+
+
 # name -> (file name, writer): every kind must be classified within the memory budget.
 LARGE: dict[str, tuple[str, Callable[[Path], None]]] = {
     "rgb png": ("rgb.png", write_large_rgb_png),
@@ -168,6 +184,8 @@ LARGE: dict[str, tuple[str, Callable[[Path], None]]] = {
     "cmyk jpeg": ("cmyk.jpg", write_large_cmyk_jpeg),
     "progressive jpeg": ("progressive.jpg", write_large_progressive_jpeg),
     "animated gif": ("animated.gif", write_large_animated_gif),
+    "heic": ("phone.heic", write_large_heic),
+    "avif": ("rgb.avif", write_large_avif),
 }
 
 

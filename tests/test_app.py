@@ -60,9 +60,10 @@ def test_procfile_binds_all_interfaces_on_port(app_url: str) -> None:
     assert "InceptionV3 image classifier" in page
 
 
-def test_predict_is_the_public_endpoint(client: Client) -> None:
+def test_predict_and_predict_many_are_the_public_endpoints(client: Client) -> None:
     assert list(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == [
-        "/predict"
+        "/predict",
+        "/predict_many",
     ]
 
 

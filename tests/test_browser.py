@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT
 from images import write_text_as_jpeg
+from PIL import Image
 
 from classifier.model import Classifier
 
@@ -190,3 +191,57 @@ def test_heatmap_shows_over_the_photo_and_follows_the_chosen_class(
         page.get_by_label("Show the heatmap").uncheck()
         expect(picture).not_to_have_attribute("src", second)
         expect(picture).to_be_visible()
+
+
+@pytest.mark.parametrize("screen", [DESKTOP, PHONE], ids=lambda screen: screen.name)
+def test_several_photos_give_a_gallery_and_the_picked_ones_answer(
+    screen: Screen, browser: Browser, app_url: str, model_path: Path, tmp_path: Path
+) -> None:
+    """A HEIC among them shows as decoded (the browser cannot draw it); picking one in
+    the gallery shows its top 5 and its heatmap."""
+    from test_heic import heic
+
+    phone = heic(Image.open(CAT_PHOTO).convert("RGB"), tmp_path / "phone.heic")
+    photos = [COFFEE_PHOTO, phone, CAT_PHOTO]
+    expected = Classifier(model_path).classify(COFFEE_PHOTO)
+    with page_on(browser, app_url, screen) as page:
+        page.locator("#several").get_by_text("Several photos at once").click()
+        page.locator("#several-photos").get_by_test_id("file-upload").set_input_files(photos)
+        # Each file uploaded: its row links to the copy the page holds.
+        expect(page.locator("#several-photos").get_by_role("link")).to_have_count(len(photos))
+        page.locator("#classify-all").click()
+        thumbnails = page.locator("#gallery img")
+        expect(thumbnails).to_have_count(len(photos))
+        for thumbnail in thumbnails.all():
+            expect(thumbnail).to_have_js_property("complete", True)
+            assert thumbnail.evaluate("image => image.naturalWidth") > 0
+        expect(page.locator("#gallery")).to_contain_text(
+            f"{expected[0].label} {percent(expected[0].probability)}"
+        )
+        page.locator("#gallery").get_by_label("Thumbnail 3 of 3").click()
+        assert_shows(page, model_path, CAT_PHOTO)
+        page.locator("#gallery").get_by_label("Thumbnail 1 of 3").click()
+        assert_shows(page, model_path, COFFEE_PHOTO)
+        expect(page.locator("#heatmap img")).to_be_visible()
+        screenshot(page, f"{screen.name}-several")
+        assert page.evaluate("document.documentElement.scrollWidth") <= screen.width
+
+
+def test_the_camera_is_a_source_beside_upload_and_paste(browser: Browser, app_url: str) -> None:
+    with page_on(browser, app_url, PHONE) as page:
+        photo = page.get_by_test_id("image")
+        for source in ("Upload file", "Capture from camera", "Paste from clipboard"):
+            expect(photo.get_by_role("button", name=source)).to_be_visible()
+
+
+def test_a_refused_upload_leaves_no_broken_image(
+    browser: Browser, app_url: str, tmp_path: Path
+) -> None:
+    bad = tmp_path / "text.jpg"
+    write_text_as_jpeg(bad)
+    with page_on(browser, app_url, PHONE) as page:
+        upload(page, bad)
+        page.get_by_role("button", name="Classify", exact=True).click()
+        expect(page.get_by_test_id("toast-text")).to_contain_text("not an image")
+        expect(page.get_by_test_id("image").locator("img")).to_have_count(0)
+        screenshot(page, "phone-refused", full_page=False)

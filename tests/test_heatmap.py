@@ -297,12 +297,13 @@ def test_overlay_is_the_upright_photo_with_heat_where_the_map_is_hot(
         sideways, exif=exif, quality=95
     )
     classifier = Classifier(converted.model_path)
-    photo = classifier.overlay(sideways, np.zeros((8, 8), np.float32))
+    decoded = classifier.classify_photo(sideways).photo
+    photo = classifier.overlay(decoded, np.zeros((8, 8), np.float32))
     cat = Image.open(CAT_PHOTO)
     assert photo.size == cat.size
     left = np.zeros((8, 8), np.float32)
     left[:, :2] = 1.0
-    heated = np.asarray(classifier.overlay(sideways, left), np.float32)
+    heated = np.asarray(classifier.overlay(decoded, left), np.float32)
     bare = np.asarray(photo, np.float32)
     redder = heated[..., 0] - heated[..., 2] - (bare[..., 0] - bare[..., 2])
     width = cat.size[0]

@@ -142,3 +142,17 @@ def test_a_batch_leaves_no_memory_behind(model_path: Path) -> None:
     """ONNX Runtime's arena keeps a batch's activations (float32: ~8 MB an image) unless settled."""
     assert arena_growth_after_a_batch(model_path, "settle") < 8 * MB
     assert arena_growth_after_a_batch(model_path, "never settle") > 20 * MB
+
+
+def test_the_photo_kept_for_overlays_decodes_within_its_reservation(
+    large_images: dict[str, Path],
+) -> None:
+    """``decode_with_photo`` reads the orientation from the header alone: Pillow's
+    ``getexif`` on a PNG decodes all of it first (a 40 MP RGBA PNG: ~760 MB)."""
+    script = MEASURE.replace(
+        "preprocess(sys.argv[1], spec)\ngrowth",
+        "decode_with_photo(sys.argv[1], spec, photo_side=1024)\ngrowth",
+    ).replace("import decode_cost,", "import decode_cost, decode_with_photo,")
+    for kind in ("rgba png", "progressive jpeg"):
+        measured = json.loads(printed_by(script, str(large_images[kind])))
+        assert measured["growth"] <= measured["cost"] + 3 * 1024 * 1024, kind

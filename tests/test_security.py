@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient
 from gradio_client import Client, handle_file
 from harness import Instance, classify, serving, wait_for
 
+from service.page import UPLOAD_FILES
 from service.settings import Settings
 
 DEFAULTS = Settings()
@@ -360,7 +361,7 @@ def chunks(total: int, files: int = 1, chunk: int = 256 * 1024) -> Iterator[byte
     yield b"--b--\r\n"
 
 
-@pytest.mark.parametrize(("total_mb", "files"), [(22, 1), (22, 2), (12, 2)])
+@pytest.mark.parametrize(("total_mb", "files"), [(22, 1), (22, 2), (12, UPLOAD_FILES + 1)])
 def test_an_upload_over_the_limit_or_of_several_files_leaves_nothing(
     http: httpx.Client, served: Served, total_mb: int, files: int
 ) -> None:
