@@ -12,15 +12,23 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import CAT_PHOTO, COFFEE_PHOTO
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from harness import Instance, classify, launch, metric, stop, wait_for, wait_until_ready
-from images import INVALID, LARGE, write_large_images, write_large_rgba_png
 
 from classifier.model import Classifier
+from tests.support.harness import (
+    Instance,
+    classify,
+    launch,
+    metric,
+    stop,
+    wait_for,
+    wait_until_ready,
+)
+from tests.support.images import INVALID, LARGE, write_large_images, write_large_rgba_png
+from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
 
 STATUS = {
     "text named .jpg": 415,
@@ -304,7 +312,7 @@ LIBRARY_WORDS = (
 
 def write_truncated_large_png(path: Path) -> None:
     """A 5-megapixel PNG cut short: libvips streams it, and fails on its own words."""
-    from images import gradient
+    from tests.support.images import gradient
 
     full = path.with_name("full.png")
     gradient((2500, 2000)).save(full)

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT
-from images import write_text_as_jpeg
 
+from classifier.assets import ROOT
 from classifier.model import Classifier
+from tests.support.images import write_text_as_jpeg
+from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright

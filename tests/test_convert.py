@@ -13,11 +13,13 @@ import h5py
 import numpy as np
 import onnx
 import pytest
-from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT, SEED, Converted, run_converter
 
+from classifier.assets import ROOT
 from classifier.metadata import ModelMetadata, Preprocessing, sha256_of
 from conversion.keras_model import keras_home
 from conversion.verify import compare, keras_outputs, onnx_outputs, verification_inputs
+from tests.support.converter import SEED, Converted, convert, run_converter
+from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
 
 CONVERTER = str(ROOT / "convert_model.py")
 IMAGENET_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"
@@ -148,7 +150,7 @@ def test_comparison_fails_for_a_different_model(converted: Converted) -> None:
 
 def test_same_weights_give_identical_bytes(converted: Converted, tmp_path: Path) -> None:
     second = tmp_path / "inception_v3.onnx"
-    assert run_converter("--weights", "random", "--seed", str(SEED), "--output", str(second)) == 0
+    convert("--weights", "random", "--seed", str(SEED), "--output", str(second))
     assert second.read_bytes() == converted.model_path.read_bytes()
     assert read_metadata(second).sha256 == sha256_of(second)
 
@@ -178,7 +180,7 @@ def test_damaged_model_is_refused_and_nothing_is_kept(
         conversion.export, "to_onnx", lambda *args: damage_one_weight(real_to_onnx(*args))
     )
 
-    code = run_converter("--weights", "random", "--seed", str(SEED), "--output", str(good_model))
+    code, _ = run_converter("--weights", "random", "--seed", str(SEED), "--output", str(good_model))
 
     assert code == 1
     assert "does not match Keras" in capsys.readouterr().err
@@ -197,7 +199,7 @@ def test_legacy_h5_weights_convert_and_match_keras(tmp_path: Path) -> None:
     save_legacy_h5(source, weights_file)
     output = tmp_path / "out" / "inception_v3.onnx"
 
-    assert run_converter("--weights", str(weights_file), "--output", str(output)) == 0
+    convert("--weights", str(weights_file), "--output", str(output))
 
     metadata = read_metadata(output)
     assert metadata.weights["source"] == "file"
@@ -217,7 +219,7 @@ def test_keras3_weights_file_converts(tmp_path: Path) -> None:
     source.save_weights(weights_file)
     output = tmp_path / "inception_v3.onnx"
 
-    assert run_converter("--weights", str(weights_file), "--output", str(output)) == 0
+    convert("--weights", str(weights_file), "--output", str(output))
 
     inputs = verification_inputs([COFFEE_PHOTO], Preprocessing(), noise_count=1)
     report = compare(keras_outputs(source, inputs), onnx_outputs(onnx.load(output), inputs))
@@ -300,7 +302,7 @@ def test_imagenet_weights_see_a_cat(tmp_path: Path) -> None:
     from classifier.model import Classifier
 
     output = tmp_path / "inception_v3.onnx"
-    assert run_converter("--weights", "imagenet", "--output", str(output)) == 0
+    convert("--weights", "imagenet", "--output", str(output))
     top5 = Classifier(output).classify(CAT_PHOTO)
     cats = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
     assert cats & {prediction.label for prediction in top5}

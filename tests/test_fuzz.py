@@ -10,11 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CAT_PHOTO
-from fuzzing import Tally, cases, seed_files, send_page, send_rest
 from gradio_client import Client
-from harness import classify, serving
 from PIL import Image
+
+from tests.support.fuzzing import Tally, cases, seed_files, send_page, send_rest
+from tests.support.harness import classify, serving
+from tests.support.photos import CAT_PHOTO
 
 REST_CASES = 240
 PAGE_CASES = 40

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CAT_PHOTO, COFFEE_PHOTO, imagenet_sample_photos
 from gradio_client import Client, handle_file
-from harness import AFFINITY_COOKIE, Balancer, balanced, classify, metric
 
 from classifier.model import Classifier
+from tests.support.harness import AFFINITY_COOKIE, Balancer, balanced, classify, metric
+from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO, imagenet_sample_photos
 
 pytestmark = pytest.mark.skipif(
     shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(),

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from conftest import CAT_PHOTO
 from PIL import Image
+
+from tests.support.photos import CAT_PHOTO
 
 
 def cat() -> Image.Image:
