@@ -19,7 +19,7 @@ runs in a fresh interpreter, which reports its resident memory once the
 model is loaded and its peak (the kernel's high-water mark, reset then)
 over ``--requests`` classifications.
 
-    .venv/bin/python benchmarks/explain.py --model /tmp/bench/inception_v3.onnx \\
+    .venv/bin/python -m benchmarks.explain --model /tmp/bench/inception_v3.onnx \\
         --model /tmp/bench/inception_v3.int8.onnx
 """
 
@@ -38,11 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import CAT_PHOTO, MB, interleaved, milliseconds, models, options, report
 
+from benchmarks.common import MB, interleaved, milliseconds, models, options, report
 from classifier.heatmap import class_maps, normalise, png
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.model import Classifier
+from tests.support.photos import CAT_PHOTO
 
 REPEATS = 60
 REQUESTS = 20

@@ -7,7 +7,7 @@ to the page's ``/predict``; then checks that the app still lives, still
 classifies, and stayed within a dyno's memory. Exits 1 if any answer was a
 500, not JSON, or a dropped connection.
 
-    .venv/bin/python benchmarks/fuzz.py --model models/inception_v3.onnx --cases 2000
+    .venv/bin/python -m benchmarks.fuzz --model models/inception_v3.onnx --cases 2000
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from common import CAT_PHOTO, HEROKU_MEMORY_MB, MB, models, options, serving
-from fuzzing import Case, Tally, cases, seed_files, send_page, send_rest
 from gradio_client import Client
 from PIL import Image
+
+from benchmarks.common import HEROKU_MEMORY_MB, MB, models, options, serving
+from tests.support.fuzzing import Case, Tally, cases, seed_files, send_page, send_rest
+from tests.support.photos import CAT_PHOTO
 
 
 def main() -> int:

@@ -17,8 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
-from common import DEFAULT_MODEL, keras_weights
-
+from benchmarks.common import DEFAULT_MODEL, keras_weights
 from classifier.assets import EXAMPLE_PHOTOS, LABELS
 
 TOP_K = 5

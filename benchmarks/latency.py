@@ -34,21 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import (
-    CAT_PHOTO,
-    SAMPLE_PHOTOS,
-    interleaved,
-    keras_weights,
-    milliseconds,
-    models,
-    options,
-    report,
-)
 from onnxruntime.quantization import QuantType
 from PIL import Image
 
+from benchmarks.common import interleaved, keras_weights, milliseconds, models, options, report
 from conversion.emulation import HASWELL, NEHALEM, EmulatedCpu
 from conversion.quantize import PORTABLE, VNNI
+from tests.support.photos import CAT_PHOTO, IMAGENET_SAMPLE
 
 MULTIPLY_ADDS = 5.71e9
 """InceptionV3's multiply-adds for one 299 x 299 image."""
@@ -92,7 +84,7 @@ def photos(folder: Path) -> dict[str, Path]:
     typical = next(
         (
             path
-            for path in sorted(SAMPLE_PHOTOS.glob("*.JPEG"))
+            for path in sorted(IMAGENET_SAMPLE.glob("*.JPEG"))
             if Image.open(path).size == TYPICAL_SIZE
         ),
         None,

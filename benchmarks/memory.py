@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (
+from benchmarks.common import (
     APPS,
-    CAT_PHOTO,
     HEROKU_MEMORY_MB,
     MB,
     app_options,
@@ -30,7 +29,8 @@ from common import (
     report,
     serving,
 )
-from images import LARGE, write_large_images
+from tests.support.images import LARGE, write_large_images
+from tests.support.photos import CAT_PHOTO
 
 REST_S = 10.0
 

@@ -33,7 +33,7 @@ from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from common import MB, ROOT, models, options, report
+from benchmarks.common import MB, ROOT, models, options, report
 
 TENSORFLOW = "tensorflow-cpu==2.21.0"
 Size = tuple[float, float]
