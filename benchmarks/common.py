@@ -393,7 +393,8 @@ def burst(
 
 def keras_weights(model: Path) -> Any:
     """The ``WeightsSource`` an ONNX model was converted from, read from its metadata."""
-    from conversion.keras_model import WeightsError, WeightsSource
+    from conversion.errors import WeightsError
+    from conversion.keras_model import WeightsSource
 
     weights = json.loads(model.with_suffix(".json").read_text())["weights"]
     try:
