@@ -309,7 +309,8 @@ def test_imagenet_weights_see_a_cat(tmp_path: Path) -> None:
 
 
 def test_weights_description_round_trips(tmp_path: Path) -> None:
-    from conversion.keras_model import WeightsError, WeightsSource
+    from conversion.errors import WeightsError
+    from conversion.keras_model import WeightsSource
 
     random = WeightsSource("random", seed=3)
     assert WeightsSource.from_description(random.describe(), tmp_path) == random
@@ -330,7 +331,7 @@ def test_a_refusal_s_subclass_exits_with_its_code(
     """Each error carries its exit code (``ClassifierError.exit_code``), so a
     subclass needs no table entry of its own."""
     import convert_model
-    from conversion.keras_model import WeightsError
+    from conversion.errors import WeightsError
 
     class MirrorDownError(WeightsError):
         """A more specific weights error."""
@@ -345,14 +346,14 @@ def test_a_refusal_s_subclass_exits_with_its_code(
 
 
 def test_the_readme_lists_every_exit_code() -> None:
-    import convert_model
+    from conversion.errors import REFUSALS, exit_codes
 
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("### Exit codes") :].split("\n\n")[2]
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
-    carried = {error.exit_code for error in convert_model.REFUSALS}
+    carried = {error.exit_code for error in REFUSALS}
     assert documented == {0, 2} | carried
-    assert f"Exit codes: {convert_model.exit_codes()}" in " ".join(converter_help().split())
+    assert f"Exit codes: {exit_codes()}" in " ".join(converter_help().split())
 
 
 def converter_help() -> str:

@@ -11,6 +11,7 @@ transfer learning on a frozen base, in-model ``Rescaling`` or
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shlex
@@ -646,6 +647,39 @@ def test_a_refusal_is_one_line_on_stderr_without_a_traceback(tmp_path: Path) -> 
     assert result.returncode == 7, result.stderr
     assert result.stderr.startswith("error: Keras cannot load"), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_what_native_code_writes_to_stderr_goes_to_the_log(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On Intel, TensorFlow's C++ code writes start-up lines to descriptor 2 whatever
+    ``TF_CPP_MIN_LOG_LEVEL`` says. Written at C level while the converter loads the
+    model, such a line reaches the log, not stderr; the refusal's own line does."""
+    import ctypes
+
+    import convert_model
+    from conversion.errors import UnservableModelError
+
+    chatter = b"WARNING: All log messages before absl::InitializeLog() is called ...\n"
+
+    def load_keras_file(path: Path) -> object:
+        ctypes.CDLL(None).write(2, chatter, len(chatter))
+        raise UnservableModelError(f"Keras cannot load {path.name}.")
+
+    monkeypatch.setattr("conversion.keras_model.load_keras_file", load_keras_file)
+    text = tmp_path / "notes.keras"
+    text.write_text("not a model\n")
+    with caplog.at_level(logging.DEBUG, logger="conversion.native_stderr"):
+        labels, output = labels_for(tmp_path), tmp_path / "t.onnx"
+        code = convert_model.main(
+            ["--model", str(text), "--labels", str(labels), "--output", str(output)]
+        )
+    assert code == 7
+    assert capfd.readouterr().err == "error: Keras cannot load notes.keras.\n"
+    assert "absl::InitializeLog()" in caplog.text
 
 
 # --- the README's own examples ------------------------------------------------------
