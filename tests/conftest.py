@@ -1,8 +1,16 @@
-"""Session fixtures: each expensive model built once, wherever the tests that use it are.
+"""Session fixtures: each expensive model built once, wherever the tests that use it are;
+and the ``slow`` tier.
 
 Models converted from random weights are written to pytest's temporary
 folders only; they must never land in ``models/``. Helpers live in
 ``tests.support``; nothing imports from this file.
+
+``slow`` marks what converts a model of its own, emulates a CPU with qemu,
+drives a browser or a balancer: the tests using a fixture in
+``SLOW_FIXTURES`` here, and those that do it in their own body (marked
+where they are). ``make test-fast`` runs the rest, ``-m "not slow"``. The
+session's random-weights InceptionV3 (``converted``, about 40 s, once) is
+in the fast tier: every test of the app's surface serves it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from tests.support.converter import SEED, Converted, convert
 from tests.support.models import ColoursModel, Prototype, build_colours_model, build_prototype
 from tests.support.photos import imagenet_sample_photos
+
+SLOW_FIXTURES = frozenset(
+    {
+        "prototype",  # converts, calibrates and gates InceptionV3, emulated as Haswell, Graviton2
+        "colours_model",  # trains and converts the colours CNN
+        "family",  # test_families, test_heatmap: keras.applications families, converted
+        "written",  # test_user_model: each way a user writes a classifier, converted
+        "flat_model",  # test_heatmap: a Flatten head, converted
+        "browser",  # test_browser: Chromium
+        "round_robin",  # test_scaling: two instances behind HAProxy
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -91,6 +91,7 @@ def test_the_int8_gate_checked_it_as_graviton2(prototype: Prototype) -> None:
     assert arm[0]["cpu_difference"] <= MAX_INT8_DIFFERENCE
 
 
+@pytest.mark.slow
 def test_without_the_root_the_converter_says_so(
     model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

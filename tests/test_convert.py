@@ -148,6 +148,7 @@ def test_comparison_fails_for_a_different_model(converted: Converted) -> None:
 # --- determinism ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_weights_give_identical_bytes(converted: Converted, tmp_path: Path) -> None:
     second = tmp_path / "inception_v3.onnx"
     convert("--weights", "random", "--seed", str(SEED), "--output", str(second))
@@ -167,6 +168,7 @@ def damage_one_weight(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+@pytest.mark.slow
 def test_damaged_model_is_refused_and_nothing_is_kept(
     converted: Converted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -191,6 +193,7 @@ def test_damaged_model_is_refused_and_nothing_is_kept(
 # --- weights files ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_legacy_h5_weights_convert_and_match_keras(tmp_path: Path) -> None:
     from conversion.keras_model import WeightsSource, build_model
 
@@ -211,6 +214,7 @@ def test_legacy_h5_weights_convert_and_match_keras(tmp_path: Path) -> None:
     assert report.passed, report.summary()
 
 
+@pytest.mark.slow
 def test_keras3_weights_file_converts(tmp_path: Path) -> None:
     from conversion.keras_model import WeightsSource, build_model
 
@@ -298,6 +302,7 @@ def test_output_must_be_an_onnx_file(tmp_path: Path) -> None:
     not imagenet_weights_cache_path().is_file(),
     reason=f"Keras' ImageNet weights are not in the Keras cache ({imagenet_weights_cache_path()})",
 )
+@pytest.mark.slow
 def test_imagenet_weights_see_a_cat(tmp_path: Path) -> None:
     from classifier.model import Classifier
 

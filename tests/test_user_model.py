@@ -446,6 +446,7 @@ def test_rescaling_is_found_inside_a_nested_first_block_past_augmentation() -> N
     assert in_model_scaling(late) == []
 
 
+@pytest.mark.slow
 def test_preprocessing_given_on_a_model_that_scales_warns_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -586,6 +587,7 @@ def test_a_file_that_is_not_a_keras_model_is_refused(
     assert_refused(code, 7, capsys, "is not a Keras model file (not HDF5")
 
 
+@pytest.mark.slow
 def test_a_full_model_h5_that_keras_loads_converts(tmp_path: Path) -> None:
     """``model.save("own.h5")``: the legacy full-model format of Keras 2."""
     keras_file = save(sequential_with_input(), tmp_path / "own.h5")
@@ -721,6 +723,7 @@ def mobilenet_v2_stand_in(input_shape: tuple, include_top: bool, weights: str) -
     return keras.Model(inputs, x, name="mobilenetv2_stand_in")
 
 
+@pytest.mark.slow
 def test_the_readme_examples_train_convert_and_serve(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
