@@ -19,8 +19,7 @@ from pathlib import Path
 
 from benchmarks.common import DEFAULT_MODEL, keras_weights
 from classifier.assets import EXAMPLE_PHOTOS, LABELS
-
-TOP_K = 5
+from classifier.options import TOP_K
 
 
 def main() -> int:
