@@ -32,6 +32,7 @@ from classifier.model import Classifier
 from conversion.emulation import HASWELL, NEHALEM, qemu_available
 from conversion.quantize import VNNI, Verifier, model_inputs, probabilities, quantize_int8
 from conversion.synthetic import labelled_photos
+from tests.support.budgets import X86_INT8
 from tests.support.converter import run_converter
 from tests.support.models import Prototype
 from tests.support.photos import IMAGENET_SAMPLE
@@ -119,6 +120,7 @@ def test_int8_model_agrees_with_float32_as_an_avx2_cpu(prototype: Prototype) -> 
     reason="this CPU has no VNNI: the 8-bit model saturates here as on Haswell, so the "
     "two CPUs agree and there is no difference to catch",
 )
+@X86_INT8.timeout(FEW_PHOTOS, quantizes=True)
 def test_the_emulated_check_refuses_the_old_8_bit_model(prototype: Prototype) -> None:
     """uint8 x int8 with 8-bit weights, as before: VNNI computes it exactly,
     but an AVX2 CPU without VNNI saturates, and the check must say so."""
@@ -133,6 +135,7 @@ def test_the_emulated_check_refuses_the_old_8_bit_model(prototype: Prototype) ->
 
 
 @needs_qemu
+@X86_INT8.timeout(2)
 def test_sse_only_cpus_answer_alike_too(prototype: Prototype) -> None:
     """ONNX Runtime's SSE4.1 kernels widen to 16 bits before multiplying: no saturation."""
     verifier = Verifier(prototype.float_model, prototype.verification[:2], Preprocessing(), 0.99)
