@@ -212,7 +212,7 @@ def interleaved(
     return times
 
 
-# --- the app as a process: tests/harness.py -------------------------------
+# --- the app as a process: tests/support/harness.py -------------------------------
 
 
 @contextmanager

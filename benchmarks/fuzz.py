@@ -1,7 +1,7 @@
 """Fuzz the running app with thousands of mutated files; count the answers by status.
 
 Starts the app as Heroku does, sends ``--cases`` seeded mutations of real
-files (every format the app reads; see ``tests/fuzzing.py``) to
+files (every format the app reads; see ``tests/support/fuzzing.py``) to
 ``POST /classify`` from ``--clients`` clients at once, and ``--page-cases``
 to the page's ``/predict``; then checks that the app still lives, still
 classifies, and stayed within a dyno's memory. Exits 1 if any answer was a

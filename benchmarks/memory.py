@@ -6,7 +6,7 @@ free to read: the one while the model loads, then, reset, the one under load.
 
 Two bursts: ``ordinary`` (the cat photo, our page against the Keras page on
 the same weights), and ``hostile`` (clients at once, each uploading a
-~40-megapixel image of every kind in ``tests/images.py``'s ``LARGE``: small
+~40-megapixel image of every kind in ``tests/support/images.py``'s ``LARGE``: small
 files that decode to hundreds of MB). After the burst the app rests 10 s and
 its memory is read again: it should be back near idle.
 """
