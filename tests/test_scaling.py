@@ -67,6 +67,7 @@ def test_bad_input_gets_its_4xx_through_the_balancer(round_robin: Balancer) -> N
             assert "not an image" in response.json()["error"]
 
 
+@pytest.mark.slow
 def test_page_protocol_works_with_heroku_affinity_cookie(model_path: Path, tmp_path: Path) -> None:
     with balanced(model_path, tmp_path, affinity=True) as balancer:
         client = Client(balancer.url, verbose=False)
