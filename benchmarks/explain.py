@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import MB, interleaved, milliseconds, models, options, report
+from classifier.assets import ROOT
 from classifier.heatmap import class_maps, normalise, png
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.model import Classifier
@@ -139,8 +140,9 @@ def timings(model: Path, bare_model: Path, photo: Path, repeats: int) -> list[di
 def peak_rss(model: Path, mode: str, photo: Path, requests: int) -> dict[str, float]:
     """Resident MB of a fresh interpreter once the model is loaded, and its peak while
     it then classifies ``photo`` ``requests`` times."""
-    command = [sys.executable, __file__, "--child", str(model), str(photo), str(requests), mode]
-    output = subprocess.run(command, check=True, capture_output=True, text=True)
+    command = [sys.executable, "-m", "benchmarks.explain", "--child"]
+    command += [str(model), str(photo), str(requests), mode]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(output.stdout.splitlines()[-1])
 
 

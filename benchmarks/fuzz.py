@@ -21,7 +21,7 @@ import httpx
 from gradio_client import Client
 from PIL import Image
 
-from benchmarks.common import HEROKU_MEMORY_MB, MB, models, options, serving
+from benchmarks.common import HEROKU_MEMORY_MB, MB, models, options, report, serving
 from tests.support.fuzzing import Case, Tally, cases, seed_files, send_page, send_rest
 from tests.support.photos import CAT_PHOTO
 
@@ -60,8 +60,8 @@ def main() -> int:
     print(
         f"{args.cases} REST and {args.page_cases} page cases in {seconds:.0f} s (seed {args.seed})"
     )
-    for kind, count in sorted(tally.counts.items()):
-        print(f"  {kind:16} {count:6}")
+    answers = [{"answer": kind, "count": count} for kind, count in sorted(tally.counts.items())]
+    report(args, "fuzz", {"Answers, by kind": answers})
     print(f"alive after: {alive}; classifies after: {classifies}")
     print(f"peak memory: {peak / MB:.0f} MB (a dyno has {HEROKU_MEMORY_MB})")
     print(f"tracebacks in the log: {log.count('Traceback')}")
