@@ -151,6 +151,7 @@ def test_openapi_documents_classify(http: httpx.Client) -> None:
     assert http.get("docs").status_code == 200
 
 
+@pytest.mark.slow  # a stress run: 80 uploads of ~40 megapixels, over a minute
 def test_concurrent_large_uploads_are_all_classified(
     http: httpx.Client, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

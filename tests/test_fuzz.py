@@ -24,6 +24,7 @@ MEMORY_BUDGET = 512 * 1024 * 1024
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # a stress run: 280 fuzzed uploads, the fast tier's largest after the burst
 def test_mutated_files_never_break_the_app(model_path: Path, tmp_path: Path) -> None:
     seeds = seed_files(Image.open(CAT_PHOTO))
     tally = Tally()
