@@ -2,6 +2,7 @@
 #   make run         set up, make the model if models/ has none, serve the page
 #   DEMO=1 make run  the same on random test weights, where ImageNet's cannot be had
 #   make test        set up and run the tests
+#   make test-fast   the tests but the slow ones (conversions, emulation, browser, balancer)
 #   make lock        refresh requirements.txt and requirements-dev.txt from the .in lists
 #   make arm64-root  prepare the ARM64 emulation (Debian, root): tests and int8 gate use it
 SHELL := bash
@@ -17,7 +18,7 @@ LOCK_FLAGS ?=
 LOCK := $(PY) -m uv pip compile --quiet --universal --generate-hashes \
 	--python-version $(shell cat .python-version) --custom-compile-command "make lock" $(LOCK_FLAGS)
 
-.PHONY: run test lint lock arm64-root
+.PHONY: run test test-fast lint lock arm64-root
 
 # Every package pinned and hashed: pip refuses anything the lock does not name.
 $(VENV)/.runtime: requirements.txt
@@ -58,6 +59,9 @@ endif
 
 test: $(VENV)/.dev
 	$(PY) -m pytest
+
+test-fast: $(VENV)/.dev
+	$(PY) -m pytest -m "not slow"
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from common import (
+
+from benchmarks.common import (
     MB,
     RestClient,
     app_options,
@@ -26,11 +27,9 @@ from common import (
     report,
     serving,
 )
-
-from classifier.assets import EXAMPLE_PHOTOS, ROOT
+from classifier.assets import EXAMPLE_PHOTOS
 from service.api import BATCH_FILES
-
-SAMPLE = ROOT.parent / "shared" / "assets" / "imagenet-sample"
+from tests.support.photos import IMAGENET_SAMPLE as SAMPLE
 
 
 def photos() -> list[Path]:

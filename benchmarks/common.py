@@ -1,8 +1,8 @@
 """What every benchmark shares: options, tables, the app as a process, its memory.
 
-Each script in this folder is run as ``.venv/bin/python benchmarks/NAME.py``,
-so this module also puts the repository root on ``sys.path`` (for
-``classifier`` and ``conversion``). It never imports TensorFlow or
+Each script in this folder is run from the repository root as
+``.venv/bin/python -m benchmarks.NAME``, so ``classifier``, ``conversion`` and
+``tests.support`` import as they are. It never imports TensorFlow or
 onnxruntime itself: the scripts decide what enters their process.
 """
 
@@ -28,28 +28,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-for folder in (ROOT, ROOT / "tests"):  # the code, and the harness the tests launch the app with
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-
 # gradio_client sends telemetry unless this says otherwise (its own flag is not enough).
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
-import harness  # noqa: E402  (needs tests/ on sys.path)
-from harness import Instance  # noqa: E402
-
-from classifier import assets  # noqa: E402  (needs the root on sys.path)
+from classifier import assets
+from classifier.assets import ROOT
+from tests.support import harness
+from tests.support.harness import Instance
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_MODEL = assets.DEFAULT_MODEL_PATH
-CAT_PHOTO = ROOT / "examples" / "chelsea.png"
-SAMPLE_PHOTOS = ROOT.parent / "shared" / "assets" / "imagenet-sample"
 HEROKU_MEMORY_MB = 512
-APPS = {"ours": "app.py", "keras": "benchmarks/keras_app.py"}
-"""The two pages compared: ours, and the same page on Keras (``keras_app.py``)."""
-READY_PATHS = {"app.py": "readyz", "benchmarks/keras_app.py": ""}
+APPS = {"ours": "app.py", "keras": "-m benchmarks.keras_app"}
+"""The two pages compared, as the Procfile's command runs them: ours, and the same
+page on Keras (``keras_app.py``)."""
+READY_PATHS = {"app.py": "readyz", "-m benchmarks.keras_app": ""}
 """Where each page says it is ready: ours after warm-up, Keras' page once it serves."""
 MB = 1e6
 
@@ -218,7 +212,7 @@ def interleaved(
     return times
 
 
-# --- the app as a process: tests/harness.py -------------------------------
+# --- the app as a process: tests/support/harness.py -------------------------------
 
 
 @contextmanager
@@ -399,7 +393,8 @@ def burst(
 
 def keras_weights(model: Path) -> Any:
     """The ``WeightsSource`` an ONNX model was converted from, read from its metadata."""
-    from conversion.keras_model import WeightsError, WeightsSource
+    from conversion.errors import WeightsError
+    from conversion.keras_model import WeightsSource
 
     weights = json.loads(model.with_suffix(".json").read_text())["weights"]
     try:

@@ -19,7 +19,7 @@ runs in a fresh interpreter, which reports its resident memory once the
 model is loaded and its peak (the kernel's high-water mark, reset then)
 over ``--requests`` classifications.
 
-    .venv/bin/python benchmarks/explain.py --model /tmp/bench/inception_v3.onnx \\
+    .venv/bin/python -m benchmarks.explain --model /tmp/bench/inception_v3.onnx \\
         --model /tmp/bench/inception_v3.int8.onnx
 """
 
@@ -38,11 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import CAT_PHOTO, MB, interleaved, milliseconds, models, options, report
 
+from benchmarks.common import MB, interleaved, milliseconds, models, options, report
+from classifier.assets import ROOT
 from classifier.heatmap import class_maps, normalise, png
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.model import Classifier
+from tests.support.photos import CAT_PHOTO
 
 REPEATS = 60
 REQUESTS = 20
@@ -138,8 +140,9 @@ def timings(model: Path, bare_model: Path, photo: Path, repeats: int) -> list[di
 def peak_rss(model: Path, mode: str, photo: Path, requests: int) -> dict[str, float]:
     """Resident MB of a fresh interpreter once the model is loaded, and its peak while
     it then classifies ``photo`` ``requests`` times."""
-    command = [sys.executable, __file__, "--child", str(model), str(photo), str(requests), mode]
-    output = subprocess.run(command, check=True, capture_output=True, text=True)
+    command = [sys.executable, "-m", "benchmarks.explain", "--child"]
+    command += [str(model), str(photo), str(requests), mode]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(output.stdout.splitlines()[-1])
 
 

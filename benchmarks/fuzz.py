@@ -1,13 +1,13 @@
 """Fuzz the running app with thousands of mutated files; count the answers by status.
 
 Starts the app as Heroku does, sends ``--cases`` seeded mutations of real
-files (every format the app reads; see ``tests/fuzzing.py``) to
+files (every format the app reads; see ``tests/support/fuzzing.py``) to
 ``POST /classify`` from ``--clients`` clients at once, and ``--page-cases``
 to the page's ``/predict``; then checks that the app still lives, still
 classifies, and stayed within a dyno's memory. Exits 1 if any answer was a
 500, not JSON, or a dropped connection.
 
-    .venv/bin/python benchmarks/fuzz.py --model models/inception_v3.onnx --cases 2000
+    .venv/bin/python -m benchmarks.fuzz --model models/inception_v3.onnx --cases 2000
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from common import CAT_PHOTO, HEROKU_MEMORY_MB, MB, models, options, serving
-from fuzzing import Case, Tally, cases, seed_files, send_page, send_rest
 from gradio_client import Client
 from PIL import Image
+
+from benchmarks.common import HEROKU_MEMORY_MB, MB, models, options, report, serving
+from tests.support.fuzzing import Case, Tally, cases, seed_files, send_page, send_rest
+from tests.support.photos import CAT_PHOTO
 
 
 def main() -> int:
@@ -58,8 +60,8 @@ def main() -> int:
     print(
         f"{args.cases} REST and {args.page_cases} page cases in {seconds:.0f} s (seed {args.seed})"
     )
-    for kind, count in sorted(tally.counts.items()):
-        print(f"  {kind:16} {count:6}")
+    answers = [{"answer": kind, "count": count} for kind, count in sorted(tally.counts.items())]
+    report(args, "fuzz", {"Answers, by kind": answers})
     print(f"alive after: {alive}; classifies after: {classifies}")
     print(f"peak memory: {peak / MB:.0f} MB (a dyno has {HEROKU_MEMORY_MB})")
     print(f"tracebacks in the log: {log.count('Traceback')}")

@@ -17,11 +17,9 @@ import sys
 import threading
 from pathlib import Path
 
-from common import DEFAULT_MODEL, keras_weights
-
+from benchmarks.common import DEFAULT_MODEL, keras_weights
 from classifier.assets import EXAMPLE_PHOTOS, LABELS
-
-TOP_K = 5
+from classifier.options import TOP_K
 
 
 def main() -> int:

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import SAMPLE_PHOTOS, models, options, report
 from PIL import Image
 
+from benchmarks.common import models, options, report
 from classifier.model import Classifier
 from classifier.preprocess import preprocess
+from tests.support.photos import IMAGENET_SAMPLE
 
 SIZE = (2400, 1800)
 FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -77,9 +78,9 @@ def main() -> None:
     arguments = options(__doc__.splitlines()[0])
     arguments.add_argument("--photos", type=int, default=100, help="how many sample photos")
     args = arguments.parse_args()
-    photos = sorted(SAMPLE_PHOTOS.glob("*.JPEG"))[: args.photos]
+    photos = sorted(IMAGENET_SAMPLE.glob("*.JPEG"))[: args.photos]
     if not photos:
-        raise SystemExit(f"error: no photos in {SAMPLE_PHOTOS}")
+        raise SystemExit(f"error: no photos in {IMAGENET_SAMPLE}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="large-") as folder:
         for model in models(args):

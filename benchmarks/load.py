@@ -17,8 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from common import (
-    CAT_PHOTO,
+from benchmarks.common import (
     PROTOCOLS,
     app_options,
     burst,
@@ -28,8 +27,8 @@ from common import (
     report,
     serving,
 )
-
 from classifier.model import Classifier
+from tests.support.photos import CAT_PHOTO
 
 
 def bare_throughput(classifier: Classifier, requests: int, clients: int) -> float:

@@ -6,7 +6,7 @@ free to read: the one while the model loads, then, reset, the one under load.
 
 Two bursts: ``ordinary`` (the cat photo, our page against the Keras page on
 the same weights), and ``hostile`` (clients at once, each uploading a
-~40-megapixel image of every kind in ``tests/images.py``'s ``LARGE``: small
+~40-megapixel image of every kind in ``tests/support/images.py``'s ``LARGE``: small
 files that decode to hundreds of MB). After the burst the app rests 10 s and
 its memory is read again: it should be back near idle.
 """
@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (
+from benchmarks.common import (
     APPS,
-    CAT_PHOTO,
     HEROKU_MEMORY_MB,
     MB,
     app_options,
@@ -30,7 +29,8 @@ from common import (
     report,
     serving,
 )
-from images import LARGE, write_large_images
+from tests.support.images import LARGE, write_large_images
+from tests.support.photos import CAT_PHOTO
 
 REST_S = 10.0
 

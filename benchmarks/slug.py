@@ -33,9 +33,15 @@ from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from common import MB, ROOT, models, options, report
+from benchmarks.common import MB, ROOT, models, options, report
 
 TENSORFLOW = "tensorflow-cpu==2.21.0"
+VARIANTS = {
+    "ours": "onnxruntime (ours)",
+    "tensorflow": "tensorflow-cpu",
+    "fir": "onnxruntime, Fir (aarch64)",
+}
+"""``--variant`` names: each installs its dependencies afresh, a minute or more."""
 Size = tuple[float, float]
 """(compressed, uncompressed) MB."""
 
@@ -217,6 +223,12 @@ def total(sizes: Iterable[Size]) -> Size:
 def main() -> None:
     arguments = options(__doc__.splitlines()[0])
     arguments.add_argument("--top", type=int, default=8, help="largest packages listed")
+    arguments.add_argument(
+        "--variant",
+        action="append",
+        choices=list(VARIANTS),
+        help="measure only this dependency set; repeatable (default: all)",
+    )
     args = arguments.parse_args()
     paths = models(args)
     unlocked = (ROOT / "requirements.in").read_text().splitlines()
@@ -233,11 +245,12 @@ def main() -> None:
             "\n".join(TENSORFLOW if line.startswith("onnxruntime") else line for line in unlocked)
         )
         variants = {
-            "onnxruntime (ours)": (install, ROOT / "requirements.txt", cedar),
-            "tensorflow-cpu": (install, tensorflow, cedar),
-            "onnxruntime, Fir (aarch64)": (install_aarch64, ROOT / "requirements.txt", fir),
+            "ours": (install, ROOT / "requirements.txt", cedar),
+            "tensorflow": (install, tensorflow, cedar),
+            "fir": (install_aarch64, ROOT / "requirements.txt", fir),
         }
-        for variant, (installer, requirements, app) in variants.items():
+        for chosen in args.variant or list(VARIANTS):
+            variant, (installer, requirements, app) = VARIANTS[chosen], variants[chosen]
             venv_folder = Path(folder) / re.sub(r"\W+", "-", variant)
             venv_folder.mkdir()
             groups = packages(installer(requirements, venv_folder))

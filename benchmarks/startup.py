@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import (
+from benchmarks.common import (
     APPS,
-    CAT_PHOTO,
     app_options,
     classify_over_http,
     connect,
@@ -24,6 +23,7 @@ from common import (
     report,
     serving,
 )
+from tests.support.photos import CAT_PHOTO
 
 
 def first_prediction(

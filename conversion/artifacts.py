@@ -12,14 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from classifier.errors import ClassifierError
 from classifier.metadata import ModelMetadata, metadata_path_for
-
-
-class OutputError(ClassifierError):
-    """The output folder cannot be written; the message names it."""
-
-    exit_code = 4
+from conversion.errors import OutputError
 
 
 def check_writable(folder: Path) -> None:

@@ -20,15 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from classifier.cpu import CpuFeatures
+from conversion.onnx_runner import Runner
 
 
 def bare_session(model: str) -> Callable[[np.ndarray], np.ndarray]:
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda batch: session.run(None, {name: batch})[0]
+    runner = Runner(model)
+    return lambda batch: runner(batch)[0]
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from classifier.assets import ROOT
 from classifier.cpu import CpuFeatures
-from classifier.errors import ClassifierError
+from conversion.errors import EmulationError
 
 WORKER = Path(__file__).with_name("emulated_run.py")
 INSTALL_HINT = "install Debian's qemu-user (`apt-get install qemu-user`)"
@@ -40,12 +40,6 @@ ARM64_ROOT = ROOT / ".emulation" / "arm64"
 """Where ``make arm64-root`` puts the arm64 Python and wheels (``$ARM64_ROOT`` overrides)."""
 ARM64_PYTHON = "usr/bin/python3.11"
 ARM64_HINT = "prepare it with `make arm64-root`"
-
-
-class EmulationError(ClassifierError):
-    """The emulated run could not be made; the message says why."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -18,24 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from classifier.errors import ClassifierError
 from classifier.metadata import sha256_of
+from conversion.errors import UnservableModelError, WeightsError
 
 DEFAULT_FAMILY = "InceptionV3"
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 """The files ``--model`` takes as a user's own model."""
-
-
-class WeightsError(ClassifierError):
-    """The weights are unavailable or do not fit the model."""
-
-    exit_code = 3
-
-
-class UnservableModelError(ClassifierError):
-    """The model is not a Keras image classifier the app can serve."""
-
-    exit_code = 7
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -49,17 +48,19 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from classifier.cpu import CpuFeatures
-from classifier.errors import ClassifierError
 from classifier.metadata import Preprocessing
 from classifier.model import softmax
+from classifier.options import TOP_K
 from classifier.preprocess import ImageError, preprocess
+from conversion.checks import verdict
 from conversion.emulation import HASWELL, EmulatedCpu, emulated_probabilities
+from conversion.errors import CalibrationError
+from conversion.onnx_runner import Runner
 
 log = logging.getLogger(__name__)
 
 HEAD_OPERATORS = {"Softmax", "MatMul", "Gemm", "Add", "Squeeze", "Reshape", "Flatten"}
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-TOP_K = 5
 
 
 @dataclass(frozen=True)
@@ -112,12 +113,6 @@ VNNI = Int8Scheme(
     "AVX-512 without VNNI its 8-bit weights saturate and answers go wrong",
 )
 SCHEMES = {scheme.name: scheme for scheme in (PORTABLE, VNNI)}
-
-
-class CalibrationError(ClassifierError):
-    """The calibration or verification photos cannot be used; the message says why."""
-
-    exit_code = 5
 
 
 @dataclass(frozen=True)
@@ -286,9 +281,8 @@ class AgreementReport:
     passed: bool
 
     def summary(self) -> str:
-        verdict = "PASSED" if self.passed else "FAILED"
         return (
-            f"{verdict} on {self.samples} held-out photos: top-1 agreement "
+            f"{verdict(self.passed)} on {self.samples} held-out photos: top-1 agreement "
             f"{self.top1_agreement:.1%} (at least {self.min_top1_agreement:.1%} required), "
             f"top-{TOP_K} overlap {self.top5_overlap:.1%}, max |probability diff| "
             f"{self.max_abs_probability_diff:.3g}"
@@ -315,11 +309,7 @@ def compare(expected: np.ndarray, actual: np.ndarray, min_top1_agreement: float)
 
 
 def probabilities(model: Path | bytes, inputs: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(
-        model if isinstance(model, bytes) else str(model), providers=["CPUExecutionProvider"]
-    )
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: row[None]})[0] for row in inputs])
+    return Runner(model).row_by_row(inputs)
 
 
 @dataclass(frozen=True)

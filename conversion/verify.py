@@ -9,15 +9,15 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from classifier.metadata import Preprocessing
 from classifier.model import softmax
+from classifier.options import TOP_K
 from classifier.preprocess import normalize, preprocess
-from conversion.export import FEATURE_MAP_NAME, INPUT_NAME, with_logits_output
+from conversion.checks import verdict
+from conversion.export import FEATURE_MAP_NAME, with_logits_output
 from conversion.keras_model import CamHead, cam_head, head, output_scores, tapped, with_feature_map
-
-TOP_K = 5
+from conversion.onnx_runner import Runner
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,8 @@ class ParityReport:
     passed: bool
 
     def summary(self) -> str:
-        verdict = "PASSED" if self.passed else "FAILED"
         return (
-            f"{verdict} on {self.samples} inputs: max |logit diff| "
+            f"{verdict(self.passed)} on {self.samples} inputs: max |logit diff| "
             f"{self.max_abs_logit_diff:.3g} (largest |logit| {self.max_abs_logit:.3g}, "
             f"relative tolerance {self.tolerance.logits_rtol:g}); max |probability diff| "
             f"{self.max_abs_probability_diff:.3g} (tolerance "
@@ -102,8 +101,7 @@ def onnx_outputs(
 
 
 def _run(proto: onnx.ModelProto, inputs: np.ndarray, names: list[str]) -> list[np.ndarray]:
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(names, {INPUT_NAME: inputs})
+    return Runner(proto.SerializeToString())(inputs, names)
 
 
 def compare(
@@ -180,9 +178,8 @@ class HeatmapReport:
     passed: bool
 
     def summary(self) -> str:
-        verdict = "PASSED" if self.passed else "FAILED"
         return (
-            f"heatmap {verdict} on {self.samples} inputs: max |feature map diff| "
+            f"heatmap {verdict(self.passed)} on {self.samples} inputs: max |feature map diff| "
             f"{self.max_abs_feature_diff:.3g} (largest {self.max_abs_feature:.3g}), max "
             f"|class map diff| {self.max_abs_class_map_diff:.3g} (largest "
             f"{self.max_abs_class_map:.3g}), relative tolerance {self.rtol:g}"

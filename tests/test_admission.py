@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import wait_for
-from images import write_truncated_jpeg
 
 from classifier.admission import BusyError, MemoryBudget
 from classifier.batching import Batcher
 from classifier.metadata import Preprocessing
 from classifier.preprocess import ImageError, ImageTooLargeError, preprocess
+from tests.support.harness import wait_for
+from tests.support.images import write_truncated_jpeg
 
 MB = 1 << 20
 

@@ -12,15 +12,23 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import CAT_PHOTO, COFFEE_PHOTO
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from harness import Instance, classify, launch, metric, stop, wait_for, wait_until_ready
-from images import INVALID, LARGE, write_large_images, write_large_rgba_png
 
 from classifier.model import Classifier
+from tests.support.harness import (
+    Instance,
+    classify,
+    launch,
+    metric,
+    stop,
+    wait_for,
+    wait_until_ready,
+)
+from tests.support.images import INVALID, LARGE, write_large_images, write_large_rgba_png
+from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
 
 STATUS = {
     "text named .jpg": 415,
@@ -143,6 +151,7 @@ def test_openapi_documents_classify(http: httpx.Client) -> None:
     assert http.get("docs").status_code == 200
 
 
+@pytest.mark.slow  # a stress run: 80 uploads of ~40 megapixels, over a minute
 def test_concurrent_large_uploads_are_all_classified(
     http: httpx.Client, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -304,7 +313,7 @@ LIBRARY_WORDS = (
 
 def write_truncated_large_png(path: Path) -> None:
     """A 5-megapixel PNG cut short: libvips streams it, and fails on its own words."""
-    from images import gradient
+    from tests.support.images import gradient
 
     full = path.with_name("full.png")
     gradient((2500, 2000)).save(full)

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import CAT_PHOTO, ROOT
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from images import INVALID, VALID
 
+from classifier.assets import ROOT
 from classifier.model import Classifier
+from tests.support.images import INVALID, VALID
+from tests.support.photos import CAT_PHOTO
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def test_an_idle_server_sleeps(app_url: str) -> None:
 
 
 def test_missing_model_exits_with_one_clear_line(tmp_path: Path) -> None:
-    from harness import procfile_command
+    from tests.support.harness import procfile_command
 
     result = subprocess.run(
         ["bash", "-c", procfile_command()],
@@ -154,7 +155,7 @@ def test_a_failed_warm_up_ends_the_process_so_heroku_restarts_it(
     import json
     import os
 
-    from harness import launch, stop
+    from tests.support.harness import launch, stop
 
     for file in model_path.parent.iterdir():
         os.link(file, tmp_path / file.name)

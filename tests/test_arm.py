@@ -11,16 +11,15 @@ one emulated run gives both checks:
 - end to end from the files, each side decoding its own: top-1 equal, the
   decodes' difference reported in ``test-artifacts/arm64-*.json``.
 
-Emulation is slow (float32 ~50 s a photo, int8 ~3 s), so float32 runs two
-photos as Graviton2 and one as Cortex-A76, int8 six on each. The model is
-the prototype test model of ``tests/test_quantize.py``, quantized by the
-converter, whose gate checks it as Graviton2 too.
+Emulation is slow (float32 ~60 CPU seconds a photo, int8 ~7), so float32
+runs two photos as Graviton2 and one as Cortex-A76, int8 six on each, each
+test's time limit from its photo count (``tests.support.budgets``). The
+model is the session's prototype model (``tests.support.models``), quantized
+by the converter, whose gate checks it as Graviton2 too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import platform
@@ -33,25 +32,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
-    CAT_PHOTO,
-    COFFEE_PHOTO,
-    IMAGENET_SAMPLE,
-    ROOT,
-    imagenet_sample_photos,
-    run_converter,
-)
 from PIL import Image
-from test_quantize import linked
 
 from classifier import cpu
+from classifier.assets import ROOT
 from classifier.cpu import CpuFeatures
 from classifier.model import Classifier
 from conversion.emulation import CORTEX_A76, NEOVERSE_N1, EmulatedCpu, run, unavailable
-from conversion.synthetic import labelled_photos, write_prototype_weights
+from tests.support.budgets import ARM64_FLOAT32, ARM64_INT8
+from tests.support.converter import convert, linked
+from tests.support.models import Prototype
+from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO, imagenet_sample_photos
 
 FLOAT32_PHOTOS = {NEOVERSE_N1: 2, CORTEX_A76: 1}
-"""~50 s each: Graviton2, Fir's CPU, decodes a large WebP with libvips too."""
+"""Graviton2, Fir's CPU, decodes a large WebP with libvips too."""
 INT8_PHOTOS = 6
 MAX_FLOAT32_DIFFERENCE = 1e-4
 MAX_INT8_DIFFERENCE = 0.01
@@ -72,48 +66,32 @@ class Models:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
+def models(prototype: Prototype, tmp_path_factory: pytest.TempPathFactory) -> Models:
     sample = imagenet_sample_photos()  # skips where the photos are absent
     folder = tmp_path_factory.mktemp("arm64")
-    weights = folder / "prototypes.weights.h5"
-    write_prototype_weights(weights, labelled_photos(IMAGENET_SAMPLE))
-    float_model = folder / "inception_v3.onnx"
     # Over 4 megapixels, libvips decodes them shrinking (as built for ARM, there).
     large = Image.open(sample[1]).resize((2400, 1800), Image.Resampling.BICUBIC)
     webp, jpeg = folder / "large.webp", folder / "large.jpg"
     large.save(webp, quality=90)
     large.save(jpeg, quality=90)
-    with contextlib.redirect_stdout(io.StringIO()) as stdout:
-        assert run_converter("--weights", str(weights), "--output", str(float_model)) == 0
-        code = run_converter(
-            "--output",
-            str(float_model),
-            "--quantize",
-            "int8",
-            "--calibration",
-            str(linked(folder / "calibration", sample[0:40:2])),
-            "--verification",
-            str(linked(folder / "verification", sample[41:80:2])),
-            "--emulated-photos",
-            "2",
-        )
-    assert code == 0, stdout.getvalue()
     photos = [CAT_PHOTO, webp, COFFEE_PHOTO, jpeg, *sample[3:5]]
-    return Models(float_model, folder / "inception_v3.int8.onnx", photos)
+    return Models(prototype.float_model, prototype.int8_model, photos)
 
 
 @needs_arm64
-def test_the_int8_gate_checked_it_as_graviton2(models: Models) -> None:
-    verification = json.loads(models.int8.with_suffix(".json").read_text())["verification"]
+def test_the_int8_gate_checked_it_as_graviton2(prototype: Prototype) -> None:
+    metadata = prototype.int8_model.with_suffix(".json")
+    verification = json.loads(metadata.read_text())["verification"]
     arm = [entry for entry in verification["cpus"] if entry["measured_on"] == NEOVERSE_N1.command]
     assert len(arm) == 1, verification
     assert arm[0]["cpu_class"] == cpu.ARM64
     assert arm[0]["instruction_sets"] == ["asimd", "asimddp"]
-    assert arm[0]["samples"] == 2
+    assert arm[0]["samples"] == len(prototype.verification)  # every held-out photo
     assert arm[0]["passed"] is True
     assert arm[0]["cpu_difference"] <= MAX_INT8_DIFFERENCE
 
 
+@pytest.mark.slow
 def test_without_the_root_the_converter_says_so(
     model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -126,23 +104,16 @@ def test_without_the_root_the_converter_says_so(
     monkeypatch.setattr(
         "conversion.emulation.qemu_available", lambda cpu=None: cpu.machine == "aarch64"
     )
-    with contextlib.redirect_stdout(io.StringIO()) as stdout:
-        code = run_converter(
-            "--output",
-            str(tmp_path / model_path.name),
-            "--quantize",
-            "int8",
-            "--calibration",
-            str(linked(tmp_path / "photos", photos)),
-            "--min-top1-agreement",
-            "0",  # random weights: near-uniform answers
-        )
-    assert code == 0, stdout.getvalue()
+    stdout = convert(
+        "--output", str(tmp_path / model_path.name), "--quantize", "int8",
+        "--calibration", str(linked(tmp_path / "photos", photos)),
+        "--min-top1-agreement", "0",  # random weights: near-uniform answers
+    )  # fmt: skip
     expected = (
         f"not checked as an ARM64 CPU (Graviton2): the ARM64 emulation root "
         f"{tmp_path / 'no-root'} is missing; prepare it with `make arm64-root`"
     )
-    assert expected in stdout.getvalue()
+    assert expected in stdout
     metadata = json.loads((tmp_path / "inception_v3.int8.json").read_text())
     assert expected in metadata["verification"]["note"]
 
@@ -151,12 +122,30 @@ def top1(probabilities: np.ndarray) -> list[int]:
     return np.argmax(probabilities, axis=1).tolist()
 
 
+def photo_count(arm: EmulatedCpu, precision: str) -> int:
+    return FLOAT32_PHOTOS[arm] if precision == "float32" else INT8_PHOTOS
+
+
+def emulated_cases() -> list:
+    """Each CPU and precision, its time limit from the photos it emulates."""
+    budgets = {"float32": ARM64_FLOAT32, "int8": ARM64_INT8}
+    return [
+        pytest.param(
+            arm,
+            precision,
+            id=f"{arm.qemu_cpu}-{precision}",
+            marks=budgets[precision].timeout(photo_count(arm, precision)),
+        )
+        for precision in budgets
+        for arm in (NEOVERSE_N1, CORTEX_A76)
+    ]
+
+
 @needs_arm64
-@pytest.mark.parametrize("precision", ["float32", "int8"])
-@pytest.mark.parametrize("arm", [NEOVERSE_N1, CORTEX_A76], ids=lambda arm: arm.qemu_cpu)
+@pytest.mark.parametrize(("arm", "precision"), emulated_cases())
 def test_the_classifier_answers_as_here(models: Models, arm: EmulatedCpu, precision: str) -> None:
     model = models.float32 if precision == "float32" else models.int8
-    photos = models.photos[: FLOAT32_PHOTOS[arm] if precision == "float32" else INT8_PHOTOS]
+    photos = models.photos[: photo_count(arm, precision)]
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     emulated = run(arm, model, photos=photos, classifier=True)
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CAT_PHOTO, COFFEE_PHOTO
-from fuzzing import Tally, cases, seed_files, send_batch
-from harness import classify
 from PIL import Image
 
 from service.api import BATCH_FILES
+from tests.support.fuzzing import Tally, cases, seed_files, send_batch
+from tests.support.harness import classify
+from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_k_and_explain_are_as_on_classify(http: httpx.Client) -> None:
 
 
 def test_one_file_too_large_for_the_budget_fails_alone(http: httpx.Client) -> None:
-    from images import png_declaring
+    from tests.support.images import png_declaring
 
     files = form(("bomb.png", png_declaring(30000, 30000)), photo(CAT_PHOTO))
     results = http.post("classify/batch", files=files).json()["results"]

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT
-from images import write_text_as_jpeg
 from PIL import Image
 
+from classifier.assets import ROOT
 from classifier.model import Classifier
+from tests.support.images import save_heic, write_text_as_jpeg
+from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -199,9 +200,8 @@ def test_several_photos_give_a_gallery_and_the_picked_ones_answer(
 ) -> None:
     """A HEIC among them shows as decoded (the browser cannot draw it); picking one in
     the gallery shows its top 5 and its heatmap."""
-    from test_heic import heic
-
-    phone = heic(Image.open(CAT_PHOTO).convert("RGB"), tmp_path / "phone.heic")
+    phone = tmp_path / "phone.heic"
+    save_heic(Image.open(CAT_PHOTO).convert("RGB"), phone)
     photos = [COFFEE_PHOTO, phone, CAT_PHOTO]
     expected = Classifier(model_path).classify(COFFEE_PHOTO)
     with page_on(browser, app_url, screen) as page:

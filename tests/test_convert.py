@@ -13,11 +13,13 @@ import h5py
 import numpy as np
 import onnx
 import pytest
-from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT, SEED, Converted, run_converter
 
+from classifier.assets import ROOT
 from classifier.metadata import ModelMetadata, Preprocessing, sha256_of
 from conversion.keras_model import keras_home
 from conversion.verify import compare, keras_outputs, onnx_outputs, verification_inputs
+from tests.support.converter import SEED, Converted, convert, run_converter
+from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
 
 CONVERTER = str(ROOT / "convert_model.py")
 IMAGENET_WEIGHTS_FILE = "inception_v3_weights_tf_dim_ordering_tf_kernels.h5"
@@ -146,9 +148,10 @@ def test_comparison_fails_for_a_different_model(converted: Converted) -> None:
 # --- determinism ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_same_weights_give_identical_bytes(converted: Converted, tmp_path: Path) -> None:
     second = tmp_path / "inception_v3.onnx"
-    assert run_converter("--weights", "random", "--seed", str(SEED), "--output", str(second)) == 0
+    convert("--weights", "random", "--seed", str(SEED), "--output", str(second))
     assert second.read_bytes() == converted.model_path.read_bytes()
     assert read_metadata(second).sha256 == sha256_of(second)
 
@@ -165,6 +168,7 @@ def damage_one_weight(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
+@pytest.mark.slow
 def test_damaged_model_is_refused_and_nothing_is_kept(
     converted: Converted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
@@ -178,7 +182,7 @@ def test_damaged_model_is_refused_and_nothing_is_kept(
         conversion.export, "to_onnx", lambda *args: damage_one_weight(real_to_onnx(*args))
     )
 
-    code = run_converter("--weights", "random", "--seed", str(SEED), "--output", str(good_model))
+    code, _ = run_converter("--weights", "random", "--seed", str(SEED), "--output", str(good_model))
 
     assert code == 1
     assert "does not match Keras" in capsys.readouterr().err
@@ -189,6 +193,7 @@ def test_damaged_model_is_refused_and_nothing_is_kept(
 # --- weights files ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_legacy_h5_weights_convert_and_match_keras(tmp_path: Path) -> None:
     from conversion.keras_model import WeightsSource, build_model
 
@@ -197,7 +202,7 @@ def test_legacy_h5_weights_convert_and_match_keras(tmp_path: Path) -> None:
     save_legacy_h5(source, weights_file)
     output = tmp_path / "out" / "inception_v3.onnx"
 
-    assert run_converter("--weights", str(weights_file), "--output", str(output)) == 0
+    convert("--weights", str(weights_file), "--output", str(output))
 
     metadata = read_metadata(output)
     assert metadata.weights["source"] == "file"
@@ -209,6 +214,7 @@ def test_legacy_h5_weights_convert_and_match_keras(tmp_path: Path) -> None:
     assert report.passed, report.summary()
 
 
+@pytest.mark.slow
 def test_keras3_weights_file_converts(tmp_path: Path) -> None:
     from conversion.keras_model import WeightsSource, build_model
 
@@ -217,7 +223,7 @@ def test_keras3_weights_file_converts(tmp_path: Path) -> None:
     source.save_weights(weights_file)
     output = tmp_path / "inception_v3.onnx"
 
-    assert run_converter("--weights", str(weights_file), "--output", str(output)) == 0
+    convert("--weights", str(weights_file), "--output", str(output))
 
     inputs = verification_inputs([COFFEE_PHOTO], Preprocessing(), noise_count=1)
     report = compare(keras_outputs(source, inputs), onnx_outputs(onnx.load(output), inputs))
@@ -296,18 +302,20 @@ def test_output_must_be_an_onnx_file(tmp_path: Path) -> None:
     not imagenet_weights_cache_path().is_file(),
     reason=f"Keras' ImageNet weights are not in the Keras cache ({imagenet_weights_cache_path()})",
 )
+@pytest.mark.slow
 def test_imagenet_weights_see_a_cat(tmp_path: Path) -> None:
     from classifier.model import Classifier
 
     output = tmp_path / "inception_v3.onnx"
-    assert run_converter("--weights", "imagenet", "--output", str(output)) == 0
+    convert("--weights", "imagenet", "--output", str(output))
     top5 = Classifier(output).classify(CAT_PHOTO)
     cats = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
     assert cats & {prediction.label for prediction in top5}
 
 
 def test_weights_description_round_trips(tmp_path: Path) -> None:
-    from conversion.keras_model import WeightsError, WeightsSource
+    from conversion.errors import WeightsError
+    from conversion.keras_model import WeightsSource
 
     random = WeightsSource("random", seed=3)
     assert WeightsSource.from_description(random.describe(), tmp_path) == random
@@ -328,7 +336,7 @@ def test_a_refusal_s_subclass_exits_with_its_code(
     """Each error carries its exit code (``ClassifierError.exit_code``), so a
     subclass needs no table entry of its own."""
     import convert_model
-    from conversion.keras_model import WeightsError
+    from conversion.errors import WeightsError
 
     class MirrorDownError(WeightsError):
         """A more specific weights error."""
@@ -343,14 +351,14 @@ def test_a_refusal_s_subclass_exits_with_its_code(
 
 
 def test_the_readme_lists_every_exit_code() -> None:
-    import convert_model
+    from conversion.errors import REFUSALS, exit_codes
 
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("### Exit codes") :].split("\n\n")[2]
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", table, re.MULTILINE)}
-    carried = {error.exit_code for error in convert_model.REFUSALS}
+    carried = {error.exit_code for error in REFUSALS}
     assert documented == {0, 2} | carried
-    assert f"Exit codes: {convert_model.exit_codes()}" in " ".join(converter_help().split())
+    assert f"Exit codes: {exit_codes()}" in " ".join(converter_help().split())
 
 
 def converter_help() -> str:

@@ -9,19 +9,18 @@ InceptionV3 (``tf``) is the session's ``converted`` model.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CAT_PHOTO, IMAGENET_SAMPLE, Converted, run_converter
 
 from classifier.assets import EXAMPLE_PHOTOS
 from classifier.metadata import ModelMetadata, Preprocessing, metadata_path_for
 from classifier.model import Classifier
 from classifier.preprocess import preprocess
+from tests.support.converter import Converted, convert
+from tests.support.photos import CAT_PHOTO, IMAGENET_SAMPLE
 
 # family -> its preprocess_input mode, for the three modes InceptionV3 does not cover.
 FAMILIES = {"ResNet50": "caffe", "DenseNet121": "torch", "EfficientNetB0": "none"}
@@ -68,14 +67,9 @@ def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     weights = folder / f"{name}.weights.h5"
     write_confident_weights(weights, family=name)
     model_path = folder / "model.onnx"
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = run_converter(
-            "--model", name, "--weights", str(weights), "--output", str(model_path)
-        )
-    assert code == 0, stdout.getvalue()
+    stdout = convert("--model", name, "--weights", str(weights), "--output", str(model_path))
     keras_model = getattr(keras.applications, name)(weights=str(weights))
-    return Family(name, model_path, keras_model, stdout.getvalue())
+    return Family(name, model_path, keras_model, stdout)
 
 
 def read_metadata(model_path: Path) -> ModelMetadata:
@@ -148,11 +142,7 @@ def test_same_weights_give_identical_bytes(family: Family, tmp_path: Path) -> No
     (EfficientNet's, MobileNetV3's); the converter makes them stable."""
     weights = family.model_path.parent / f"{family.name}.weights.h5"
     second = tmp_path / "model.onnx"
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = run_converter(
-            "--model", family.name, "--weights", str(weights), "--output", str(second)
-        )
-    assert code == 0
+    convert("--model", family.name, "--weights", str(weights), "--output", str(second))
     assert second.read_bytes() == family.model_path.read_bytes()
 
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CAT_PHOTO
-from fuzzing import Tally, cases, seed_files, send_page, send_rest
 from gradio_client import Client
-from harness import classify, serving
 from PIL import Image
+
+from tests.support.fuzzing import Tally, cases, seed_files, send_page, send_rest
+from tests.support.harness import classify, serving
+from tests.support.photos import CAT_PHOTO
 
 REST_CASES = 240
 PAGE_CASES = 40
@@ -23,6 +24,7 @@ MEMORY_BUDGET = 512 * 1024 * 1024
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow  # a stress run: 280 fuzzed uploads, the fast tier's largest after the burst
 def test_mutated_files_never_break_the_app(model_path: Path, tmp_path: Path) -> None:
     seeds = seed_files(Image.open(CAT_PHOTO))
     tally = Tally()

@@ -12,22 +12,23 @@ and a user's Sequential model with a logits head.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from conftest import CAT_PHOTO, COFFEE_PHOTO, Converted, run_converter
-from harness import classify
 from PIL import Image
-from test_user_model import LABELS, SIZE, colour_photo, train
 
 from classifier.heatmap import NoHeatmapError, normalise
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.model import Classifier
+from tests.support.converter import Converted, convert
+from tests.support.harness import classify
+from tests.support.models import LABELS, SIZE, ColoursModel, colour_photo
+from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
 
 RTOL = 1e-4
 PHOTOS = [CAT_PHOTO, COFFEE_PHOTO]
@@ -49,13 +50,10 @@ class Model:
 
 def convert_keras_file(keras_file: Path, labels: Path, mode: str, *extra: str) -> Path:
     output = keras_file.parent / "models" / f"{keras_file.stem}.onnx"
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = run_converter(
-            "--model", str(keras_file), "--labels", str(labels), "--preprocessing", mode,
-            "--output", str(output), *extra,
-        )  # fmt: skip
-    assert code == 0, stdout.getvalue()
+    convert(
+        "--model", str(keras_file), "--labels", str(labels), "--preprocessing", mode,
+        "--output", str(output), *extra,
+    )  # fmt: skip
     return output
 
 
@@ -75,17 +73,11 @@ def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="module")
-def user_model(tmp_path_factory: pytest.TempPathFactory) -> Model:
+def user_model(colours_model: ColoursModel) -> Model:
     """The user's little Sequential CNN of ``test_user_model``: trained, logits, any size."""
     import keras
 
-    folder = tmp_path_factory.mktemp("user-heatmap")
-    keras_file = folder / "colours.keras"
-    train(keras_file)
-    labels = folder / "labels.txt"
-    labels.write_text("\n".join(LABELS) + "\n")
-    model_path = convert_keras_file(keras_file, labels, "tf", "--input-size", str(SIZE))
-    return Model(model_path, keras.saving.load_model(keras_file))
+    return Model(colours_model.model_path, keras.saving.load_model(colours_model.keras_file))
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +313,7 @@ def test_normalise_spans_zero_to_one_and_flat_maps_are_zero() -> None:
 # --- int8 ------------------------------------------------------------------------------
 
 
-def test_int8_model_keeps_its_heatmap(user_model: Model, tmp_path: Path) -> None:
+def test_int8_model_keeps_its_heatmap(colours_model: ColoursModel, tmp_path: Path) -> None:
     """Quantized with the converter, the model still gives float32 maps, near float32's."""
     import onnx
 
@@ -330,16 +322,18 @@ def test_int8_model_keeps_its_heatmap(user_model: Model, tmp_path: Path) -> None
     rng = np.random.default_rng(5)
     for index in range(12):
         colour_photo(index % 3, rng).save(calibration / f"{index:02}.png")
-    folder = user_model.model_path.parent.parent
-    convert_keras_file(
+    # In a folder of its own: the session's model stays as the other tests expect it.
+    folder = tmp_path / "user"
+    shutil.copytree(colours_model.model_path.parent.parent, folder)
+    float_model = convert_keras_file(
         folder / "colours.keras", folder / "labels.txt", "tf", "--quantize", "int8",
         "--calibration", str(calibration), "--emulated-photos", "1",
     )  # fmt: skip
-    int8 = Classifier(user_model.model_path.with_suffix(".int8.onnx"))
-    assert int8.metadata.heatmap == Classifier(user_model.model_path).metadata.heatmap
+    int8 = Classifier(float_model.with_suffix(".int8.onnx"))
+    assert int8.metadata.heatmap == Classifier(float_model).metadata.heatmap
     initializers = {i.name for i in onnx.load(int8.model_path).graph.initializer}
     assert {int8.metadata.heatmap.kernel, int8.metadata.heatmap.bias} <= initializers
-    float32 = Classifier(user_model.model_path)
+    float32 = Classifier(float_model)
     for photo in sorted(calibration.iterdir())[1::2]:
         expected = float32.classify(photo, k=1, explain=True)[0]
         actual = int8.classify(photo, k=1, explain=True)[0]

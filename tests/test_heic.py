@@ -3,7 +3,6 @@ as phones and browsers save them: upright, the first image, within the memory pr
 
 from __future__ import annotations
 
-import contextlib
 import io
 import subprocess
 import sys
@@ -13,8 +12,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import CAT_PHOTO, IMAGENET_SAMPLE, imagenet_sample_photos, run_converter
-from harness import serving
 from PIL import Image
 
 from classifier.admission import MemoryBudget
@@ -27,15 +24,17 @@ from classifier.preprocess import (
     decode_with_photo,
     open_image,
 )
+from tests.support.harness import serving
+from tests.support.images import save_heic
+from tests.support.models import Prototype
+from tests.support.photos import CAT_PHOTO, imagenet_sample_photos
 
 AGREEMENT_PHOTOS = 10
 AGREEMENT_NEEDED = 9
 
 
 def heic(image: Image.Image, path: Path, **options: object) -> Path:
-    import pillow_heif
-
-    pillow_heif.from_pillow(image).save(path, quality=90, **options)
+    save_heic(image, path, **options)
     return path
 
 
@@ -116,19 +115,11 @@ def test_a_heic_over_the_budget_is_a_413_before_decoding(tmp_path: Path) -> None
 
 
 @pytest.fixture(scope="module")
-def decided_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The app on the prototype model, decided about every sample photo (as
-    tests/test_quantize.py builds it): random weights would make every top class a tie."""
-    imagenet_sample_photos()  # skips where the photos are absent
-    from conversion.synthetic import labelled_photos, write_prototype_weights
-
-    folder = tmp_path_factory.mktemp("prototype-heic")
-    weights = folder / "prototypes.weights.h5"
-    write_prototype_weights(weights, labelled_photos(IMAGENET_SAMPLE))
-    model = folder / "inception_v3.onnx"
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert run_converter("--weights", str(weights), "--output", str(model)) == 0
-    with serving(model, folder / "app.log") as instance:
+def decided_app(prototype: Prototype, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app on the prototype model, decided about every sample photo: random
+    weights would make every top class a tie."""
+    log = tmp_path_factory.mktemp("prototype-heic") / "app.log"
+    with serving(prototype.float_model, log) as instance:
         yield instance.url
 
 

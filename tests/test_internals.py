@@ -7,8 +7,8 @@ import re
 import gradio as gr
 import pytest
 import uvicorn
-from conftest import ROOT
 
+from classifier.assets import ROOT
 from service import internals
 
 

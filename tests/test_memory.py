@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from images import LARGE, write_large_images
 
 from classifier.assets import ROOT
 from classifier.options import MB, AdmissionOptions
+from tests.support.images import LARGE, write_large_images
 
 MEASURE = """
 import json, re, sys

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CAT_PHOTO, COFFEE_PHOTO, ROOT, Converted
 
+from classifier.assets import ROOT
 from classifier.metadata import metadata_path_for
 from classifier.model import Classifier, ModelError
 from classifier.preprocess import ImageError
+from tests.support.converter import Converted
+from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CAT_PHOTO, imagenet_sample_photos
-from images import INVALID, VALID, cat
 from PIL import Image
 
 from classifier.metadata import Preprocessing
 from classifier.preprocess import ImageError, ImageTooLargeError, decode, preprocess
+from tests.support.images import INVALID, VALID, cat
+from tests.support.photos import CAT_PHOTO, imagenet_sample_photos
 
 SPEC = Preprocessing()
 

@@ -16,17 +16,13 @@ and as a Haswell.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import IMAGENET_SAMPLE, imagenet_sample_photos, run_converter
 from PIL import Image
 
 from classifier import cpu
@@ -35,7 +31,11 @@ from classifier.metadata import ModelMetadata, Preprocessing, sha256_of
 from classifier.model import Classifier
 from conversion.emulation import HASWELL, NEHALEM, qemu_available
 from conversion.quantize import VNNI, Verifier, model_inputs, probabilities, quantize_int8
-from conversion.synthetic import labelled_photos, write_prototype_weights
+from conversion.synthetic import labelled_photos
+from tests.support.budgets import X86_INT8
+from tests.support.converter import run_converter
+from tests.support.models import Prototype
+from tests.support.photos import IMAGENET_SAMPLE
 
 FEW_PHOTOS = 4
 """Saturation moves most photos' probabilities by 0.1 or more: a few photos catch it."""
@@ -45,79 +45,35 @@ needs_qemu = pytest.mark.skipif(
 )
 
 
-@dataclass(frozen=True)
-class Quantized:
-    float_model: Path
-    int8_model: Path
-    calibration: list[Path]
-    verification: list[Path]
-    stdout: str
-
-
 def quantize(float_model: Path, *args: str) -> tuple[int, str]:
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        code = run_converter("--output", str(float_model), "--quantize", "int8", *args)
-    return code, stdout.getvalue()
+    return run_converter("--output", str(float_model), "--quantize", "int8", *args)
 
 
-def linked(folder: Path, photos: list[Path]) -> Path:
-    folder.mkdir()
-    for photo in photos:
-        (folder / photo.name).symlink_to(photo)
-    return folder
-
-
-def copy_float_model(quantized: Quantized, folder: Path) -> Path:
+def copy_float_model(prototype: Prototype, folder: Path) -> Path:
     """The float32 model with its metadata and labels, in ``folder``, to quantize apart."""
     folder.mkdir()
     for name in ("inception_v3.onnx", "inception_v3.json", "imagenet_class_index.json"):
-        shutil.copy(quantized.float_model.parent / name, folder / name)
+        shutil.copy(prototype.float_model.parent / name, folder / name)
     return folder / "inception_v3.onnx"
 
 
-@pytest.fixture(scope="module")
-def quantized(tmp_path_factory: pytest.TempPathFactory) -> Quantized:
-    photos = imagenet_sample_photos()  # skips where the photos are absent
-    folder = tmp_path_factory.mktemp("prototypes")
-    weights = folder / "prototypes.weights.h5"
-    write_prototype_weights(weights, labelled_photos(IMAGENET_SAMPLE))
-    float_model = folder / "inception_v3.onnx"
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert run_converter("--weights", str(weights), "--output", str(float_model)) == 0
-    calibration, verification = photos[0::2], photos[1::2]
-    code, stdout = quantize(
-        float_model,
-        "--calibration",
-        str(linked(folder / "calibration", calibration)),
-        "--verification",
-        str(linked(folder / "verification", verification)),
-        "--emulated-photos",
-        str(len(verification)),
-    )
-    assert code == 0, stdout
-    return Quantized(
-        float_model, folder / "inception_v3.int8.onnx", calibration, verification, stdout
-    )
-
-
-def test_the_test_model_is_decided_about_every_photo(quantized: Quantized) -> None:
+def test_the_test_model_is_decided_about_every_photo(prototype: Prototype) -> None:
     """By construction each photo's top class is its own, clear of the next."""
     classes = labelled_photos(IMAGENET_SAMPLE)
-    photos = quantized.calibration + quantized.verification
+    photos = prototype.calibration + prototype.verification
     outputs = probabilities(
-        quantized.float_model, np.concatenate(list(model_inputs(photos, Preprocessing())))
+        prototype.float_model, np.concatenate(list(model_inputs(photos, Preprocessing())))
     )
     assert [int(row.argmax()) for row in outputs] == [classes[photo] for photo in photos]
     best = np.sort(outputs, axis=1)
     assert np.median(best[:, -1]) == pytest.approx(0.8, abs=0.02)
 
 
-def test_int8_model_is_written_with_its_metadata(quantized: Quantized) -> None:
-    metadata = ModelMetadata.from_json(quantized.int8_model.with_suffix(".json").read_text())
-    float_metadata = ModelMetadata.from_json(quantized.float_model.with_suffix(".json").read_text())
+def test_int8_model_is_written_with_its_metadata(prototype: Prototype) -> None:
+    metadata = ModelMetadata.from_json(prototype.int8_model.with_suffix(".json").read_text())
+    float_metadata = ModelMetadata.from_json(prototype.float_model.with_suffix(".json").read_text())
     assert metadata.precision == "int8"
-    assert metadata.sha256 == sha256_of(quantized.int8_model)
+    assert metadata.sha256 == sha256_of(prototype.int8_model)
     assert metadata.weights == float_metadata.weights
     assert metadata.preprocessing == float_metadata.preprocessing
     assert metadata.input == float_metadata.input
@@ -125,10 +81,10 @@ def test_int8_model_is_written_with_its_metadata(quantized: Quantized) -> None:
     assert metadata.calibration["scheme"] == "portable"
     assert metadata.calibration["weights"] == "QInt8, 7-bit, per channel"
     assert len(metadata.calibration["sha256"]) == 64
-    assert metadata.calibration["verification_photos"] == len(quantized.verification) == 50
+    assert metadata.calibration["verification_photos"] == len(prototype.verification) == 50
     verification = metadata.verification
     assert verification["against"] == "float32 ONNX"
-    assert verification["samples"] == len(quantized.verification)
+    assert verification["samples"] == len(prototype.verification)
     assert verification["top1_agreement"] >= 0.99
     assert 0.0 < verification["top5_overlap"] <= 1.0
     here = verification["cpus"][0]
@@ -136,26 +92,26 @@ def test_int8_model_is_written_with_its_metadata(quantized: Quantized) -> None:
     assert here["cpu_class"] == CpuFeatures.detect().cpu_class
     assert here["instruction_sets"] == CpuFeatures.detect().instruction_sets
     assert here["passed"] is True
-    assert "held-out photos: top-1 agreement" in quantized.stdout
+    assert "held-out photos: top-1 agreement" in prototype.stdout
 
 
 @needs_qemu
-def test_int8_model_agrees_with_float32_as_an_avx2_cpu(quantized: Quantized) -> None:
+def test_int8_model_agrees_with_float32_as_an_avx2_cpu(prototype: Prototype) -> None:
     """The converter ran it under qemu as a Haswell; where the 8-bit model's
     probabilities moved by 0.12, these must match this machine's within 0.01
     (7-bit weights leave only float rounding: ~1e-7)."""
-    metadata = ModelMetadata.from_json(quantized.int8_model.with_suffix(".json").read_text())
+    metadata = ModelMetadata.from_json(prototype.int8_model.with_suffix(".json").read_text())
     assert "Haswell" not in metadata.verification.get("note", "")  # ARM64 may lack its root
     emulated = metadata.verification["cpus"][1]
     assert emulated["cpu_class"] == cpu.X86_AVX2
     assert emulated["measured_on"] == "qemu-x86_64 -cpu Haswell"
     assert "avx2" in emulated["instruction_sets"]
     assert "avx512_vnni" not in emulated["instruction_sets"]
-    assert emulated["samples"] == len(quantized.verification)  # every one of them
+    assert emulated["samples"] == len(prototype.verification)  # every one of them
     assert emulated["top1_agreement"] >= 0.99
     assert emulated["cpu_difference"] <= 0.01
     assert emulated["passed"] is True
-    assert "qemu-x86_64 -cpu Haswell" in quantized.stdout
+    assert "qemu-x86_64 -cpu Haswell" in prototype.stdout
 
 
 @needs_qemu
@@ -164,12 +120,13 @@ def test_int8_model_agrees_with_float32_as_an_avx2_cpu(quantized: Quantized) -> 
     reason="this CPU has no VNNI: the 8-bit model saturates here as on Haswell, so the "
     "two CPUs agree and there is no difference to catch",
 )
-def test_the_emulated_check_refuses_the_old_8_bit_model(quantized: Quantized) -> None:
+@X86_INT8.timeout(FEW_PHOTOS, quantizes=True)
+def test_the_emulated_check_refuses_the_old_8_bit_model(prototype: Prototype) -> None:
     """uint8 x int8 with 8-bit weights, as before: VNNI computes it exactly,
     but an AVX2 CPU without VNNI saturates, and the check must say so."""
     spec = Preprocessing()
-    old = quantize_int8(quantized.float_model, quantized.calibration, spec, "images", VNNI)
-    verifier = Verifier(quantized.float_model, quantized.verification[:FEW_PHOTOS], spec, 0.99)
+    old = quantize_int8(prototype.float_model, prototype.calibration, spec, "images", VNNI)
+    verifier = Verifier(prototype.float_model, prototype.verification[:FEW_PHOTOS], spec, 0.99)
     _, native = verifier.on_this_machine(old)
     check = verifier.emulated(old, native, FEW_PHOTOS, max_cpu_difference=0.01)
     assert check.cpu_difference > 0.05
@@ -178,33 +135,34 @@ def test_the_emulated_check_refuses_the_old_8_bit_model(quantized: Quantized) ->
 
 
 @needs_qemu
-def test_sse_only_cpus_answer_alike_too(quantized: Quantized) -> None:
+@X86_INT8.timeout(2)
+def test_sse_only_cpus_answer_alike_too(prototype: Prototype) -> None:
     """ONNX Runtime's SSE4.1 kernels widen to 16 bits before multiplying: no saturation."""
-    verifier = Verifier(quantized.float_model, quantized.verification[:2], Preprocessing(), 0.99)
-    _, native = verifier.on_this_machine(quantized.int8_model)
-    check = verifier.emulated(quantized.int8_model, native, 2, 0.01, NEHALEM)
+    verifier = Verifier(prototype.float_model, prototype.verification[:2], Preprocessing(), 0.99)
+    _, native = verifier.on_this_machine(prototype.int8_model)
+    check = verifier.emulated(prototype.int8_model, native, 2, 0.01, NEHALEM)
     assert check.cpu_class == cpu.X86_SSE
     assert check.passed, check.summary()
 
 
-def test_int8_model_is_about_three_times_smaller(quantized: Quantized) -> None:
+def test_int8_model_is_about_three_times_smaller(prototype: Prototype) -> None:
     # int8 weights are a quarter of float32's; the float32 head adds 8 MB.
-    ratio = quantized.int8_model.stat().st_size / quantized.float_model.stat().st_size
+    ratio = prototype.int8_model.stat().st_size / prototype.float_model.stat().st_size
     assert 0.25 < ratio < 0.35
 
 
-def test_int8_model_holds_quantized_weights(quantized: Quantized) -> None:
-    graph = onnx.load(quantized.int8_model).graph
+def test_int8_model_holds_quantized_weights(prototype: Prototype) -> None:
+    graph = onnx.load(prototype.int8_model).graph
     operators = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= operators
     int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert sum(np.prod(t.dims) for t in int8_weights) > 20_000_000
 
 
-def test_the_app_api_serves_the_int8_model(quantized: Quantized) -> None:
-    int8 = Classifier(quantized.int8_model)
+def test_the_app_api_serves_the_int8_model(prototype: Prototype) -> None:
+    int8 = Classifier(prototype.int8_model)
     assert int8.metadata.precision == "int8"
-    photos = quantized.verification[:5]
+    photos = prototype.verification[:5]
     answers = [int8.classify(photo) for photo in photos]
     assert all(len(top) == 5 for top in answers)
     # The test model puts each shared photo's own class on top, confidently.
@@ -215,7 +173,7 @@ def test_the_app_api_serves_the_int8_model(quantized: Quantized) -> None:
 
 
 def test_disagreeing_int8_model_is_refused_and_nothing_is_kept(
-    quantized: Quantized, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    prototype: Prototype, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Calibrated on flat gray images, activation ranges are far too narrow for
     real photos, so the int8 model disagrees and must be refused."""
@@ -223,7 +181,7 @@ def test_disagreeing_int8_model_is_refused_and_nothing_is_kept(
     gray.mkdir()
     for level in (100, 120, 140, 160):
         Image.new("RGB", (64, 64), (level, level, level)).save(gray / f"gray{level}.png")
-    float_copy = copy_float_model(quantized, tmp_path / "model")
+    float_copy = copy_float_model(prototype, tmp_path / "model")
     before = sorted(p.name for p in float_copy.parent.iterdir())
 
     code, stdout = quantize(
@@ -241,17 +199,17 @@ def test_disagreeing_int8_model_is_refused_and_nothing_is_kept(
 
 
 def test_without_qemu_the_metadata_and_output_say_what_was_not_checked(
-    quantized: Quantized, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prototype: Prototype, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("conversion.emulation.qemu_available", lambda cpu=None: False)
-    float_copy = copy_float_model(quantized, tmp_path / "model")
+    float_copy = copy_float_model(prototype, tmp_path / "model")
 
     code, stdout = quantize(
         float_copy,
         "--calibration",
-        str(quantized.int8_model.parent / "calibration"),
+        str(prototype.int8_model.parent / "calibration"),
         "--verification",
-        str(quantized.int8_model.parent / "verification"),
+        str(prototype.int8_model.parent / "verification"),
     )
 
     assert code == 0, stdout
@@ -261,8 +219,8 @@ def test_without_qemu_the_metadata_and_output_say_what_was_not_checked(
     assert [c["measured_on"] for c in metadata.verification["cpus"]] == ["this machine"]
 
 
-def test_calibration_folder_must_exist(quantized: Quantized, tmp_path: Path, capsys) -> None:
-    code, _ = quantize(quantized.float_model, "--calibration", str(tmp_path / "nowhere"))
+def test_calibration_folder_must_exist(prototype: Prototype, tmp_path: Path, capsys) -> None:
+    code, _ = quantize(prototype.float_model, "--calibration", str(tmp_path / "nowhere"))
     assert code == 5
     assert "not found" in capsys.readouterr().err
 

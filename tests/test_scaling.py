@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CAT_PHOTO, COFFEE_PHOTO, imagenet_sample_photos
 from gradio_client import Client, handle_file
-from harness import AFFINITY_COOKIE, Balancer, balanced, classify, metric
 
 from classifier.model import Classifier
+from tests.support.harness import AFFINITY_COOKIE, Balancer, balanced, classify, metric
+from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO, imagenet_sample_photos
 
 pytestmark = pytest.mark.skipif(
     shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(),
@@ -67,6 +67,7 @@ def test_bad_input_gets_its_4xx_through_the_balancer(round_robin: Balancer) -> N
             assert "not an image" in response.json()["error"]
 
 
+@pytest.mark.slow
 def test_page_protocol_works_with_heroku_affinity_cookie(model_path: Path, tmp_path: Path) -> None:
     with balanced(model_path, tmp_path, affinity=True) as balancer:
         client = Client(balancer.url, verbose=False)

@@ -22,13 +22,14 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 import pytest
-from conftest import CAT_PHOTO, ROOT
 from fastapi.testclient import TestClient
 from gradio_client import Client, handle_file
-from harness import Instance, classify, serving, wait_for
 
+from classifier.assets import ROOT
 from service.page import UPLOAD_FILES
 from service.settings import Settings
+from tests.support.harness import Instance, classify, serving, wait_for
+from tests.support.photos import CAT_PHOTO
 
 DEFAULTS = Settings()
 QUICK_S = 1.0

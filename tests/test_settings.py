@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
+from classifier.assets import ROOT
 from service.settings import Settings, markdown_table, variables
 
 

@@ -6,10 +6,12 @@ import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from conftest import CAT_PHOTO
 from PIL import Image
+
+from tests.support.photos import CAT_PHOTO
 
 
 def cat() -> Image.Image:
@@ -162,10 +164,17 @@ a pixel), so the budget takes them up to about 14 and 11 megapixels."""
 AVIF_SIZE = (3840, 2880)
 
 
-def write_large_heic(path: Path) -> None:
+def save_heic(
+    image: Image.Image, target: Path | BinaryIO, quality: int = 90, **options: object
+) -> None:
+    """``image`` as a phone saves it, HEIC (pillow-heif, which the app loads only when needed)."""
     import pillow_heif
 
-    pillow_heif.from_pillow(gradient(PHONE_SIZE)).save(path, quality=60)
+    pillow_heif.from_pillow(image).save(target, quality=quality, **options)
+
+
+def write_large_heic(path: Path) -> None:
+    save_heic(gradient(PHONE_SIZE), path, quality=60)
 
 
 def write_large_avif(path: Path) -> None:

@@ -33,6 +33,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
+from tests.support.images import save_heic
+
 EDGE_VALUES = (0, 1, 2, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF)
 HEADER_BYTES = 512
 """Header-field edits land here: where every format keeps its sizes, modes and offsets."""
@@ -74,10 +76,8 @@ def seed_files(photo: Image.Image) -> dict[str, bytes]:
 
 
 def heic(image: Image.Image) -> bytes:
-    import pillow_heif
-
     buffer = io.BytesIO()
-    pillow_heif.from_pillow(image).save(buffer, quality=60)
+    save_heic(image, buffer, quality=60)
     return buffer.getvalue()
 
 

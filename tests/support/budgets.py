@@ -1,0 +1,44 @@
+"""Time limits for emulated runs, from the work they do rather than a flat 150 s.
+
+qemu runs a photo through InceptionV3 in a known amount of CPU time; on a
+machine whose cores are shared, the wall time is that times how many busy
+processes share the core. So an emulated test body gets its CPU budget (a
+start-up plus a cost per photo, each about twice what was measured) times
+``CORE_SHARE`` as its pytest-timeout: a hang still fails, a busy core does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+CORE_SHARE = 4
+"""Wall time allowed per CPU second: the core shared with three other busy processes."""
+QUANTIZATION = 120
+"""CPU seconds to calibrate and quantize InceptionV3 on 25 photos, about twice as measured."""
+
+
+@dataclass(frozen=True)
+class EmulationBudget:
+    """CPU seconds one emulated InceptionV3 run may take."""
+
+    start: float
+    """The guest's Python, numpy and ONNX Runtime imports and the session's creation."""
+    per_photo: float
+
+    def cpu_seconds(self, photos: int, quantizes: bool = False) -> float:
+        return self.start + self.per_photo * photos + QUANTIZATION * quantizes
+
+    def timeout(self, photos: int, quantizes: bool = False) -> pytest.MarkDecorator:
+        """The pytest-timeout mark for a test body that emulates ``photos`` photos once
+        (and, with ``quantizes``, calibrates an InceptionV3 on 25 photos first)."""
+        return pytest.mark.timeout(CORE_SHARE * self.cpu_seconds(photos, quantizes))
+
+
+ARM64_FLOAT32 = EmulationBudget(start=60, per_photo=120)
+"""qemu-aarch64, float32: measured 50 to 60 CPU seconds a photo (2026-12-01)."""
+ARM64_INT8 = EmulationBudget(start=60, per_photo=15)
+"""qemu-aarch64, int8: measured 3 to 7 CPU seconds a photo."""
+X86_INT8 = EmulationBudget(start=30, per_photo=20)
+"""qemu-x86_64 as Haswell or Nehalem, int8: measured about 8 CPU seconds a photo."""
