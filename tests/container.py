@@ -39,7 +39,7 @@ TOOLS = ("podman", "runc", "mmdebstrap")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MEMORY_LIMIT_MB = 512
 """A basic dyno's memory, and the limit deploy/ gives the float32 image."""
-INT8_MEMORY_LIMIT_MB = 448
+INT8_MEMORY_LIMIT_MB = 320
 """The smallest limit the int8 image held the hostile burst at (``benchmarks/oci_image.py
 --find-limit``), in 16 MB steps, plus one step."""
 KILLED = 137
