@@ -9,12 +9,14 @@ missing these tests fail, saying so, rather than skip: CI installs them
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
 
 import container
 import httpx
@@ -94,13 +96,16 @@ def large_photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_large_images(tmp_path_factory.mktemp("large"))
 
 
-def hostile_burst(url: str, photos: list[Path]) -> list[str]:
-    """``benchmarks/memory.py --burst hostile``, by its own code: every kind from each of 8
-    clients at once; the errors."""
+def benchmarks_common() -> ModuleType:
+    """``benchmarks/common.py``: the bursts and the page's protocol, as the benchmarks send them."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from common import burst
+    return importlib.import_module("common")
 
-    result = burst(url, photos, CLIENTS * len(LARGE), CLIENTS, time_limit=300)
+
+def hostile_burst(url: str, photos: list[Path]) -> list[str]:
+    """``benchmarks/memory.py --burst hostile``: every kind from each of 8 clients at once;
+    the errors."""
+    result = benchmarks_common().burst(url, photos, CLIENTS * len(LARGE), CLIENTS, time_limit=300)
     assert len(result.latencies) + len(result.errors) == CLIENTS * len(LARGE)
     return result.errors
 
@@ -146,6 +151,11 @@ def test_it_runs_as_a_user_and_is_ready_on_port_in_time(
     assert float32_container.pid1_uid() != 0
     assert float32_container.ready_after < READY_WITHIN_S
     assert float32_container.healthy()
+    page = benchmarks_common().PageClient(float32_container.url)  # slimmed Gradio serves it
+    try:
+        page.classify(CAT_PHOTO)
+    finally:
+        page.close()
     environment = container.image(float32_image)["Config"]["Env"]
     assert "PORT=8080" in environment
 
