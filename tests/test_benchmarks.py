@@ -32,6 +32,7 @@ SMOKE_RUNS = {
     "large_images": ["--photos", "2"],
     "slug": ["--variant", "ours", "--top", "2"],
     "batch": ["--repeats", "1"],
+    "oci_image": [],
 }
 """Each benchmark (``keras_app`` is the page ``startup`` and ``memory`` launch) and its
 flags; the first word names the script."""
