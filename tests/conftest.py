@@ -37,6 +37,7 @@ SLOW_FIXTURES = frozenset(
         "flat_model",  # test_heatmap: a Flatten head, converted
         "browser",  # test_browser: Chromium
         "round_robin",  # test_scaling: two instances behind HAProxy
+        "large_images",  # test_memory: 40-megapixel uploads of every kind, decoded one by one
     }
 )
 

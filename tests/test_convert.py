@@ -259,6 +259,7 @@ def test_missing_weights_file(tmp_path: Path) -> None:
     assert_clean_failure(result, 3, "nope.h5 not found")
 
 
+@pytest.mark.slow  # builds and saves a Keras model of its own
 def test_weights_of_another_architecture(tmp_path: Path) -> None:
     import keras
 
@@ -270,6 +271,7 @@ def test_weights_of_another_architecture(tmp_path: Path) -> None:
     assert not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow  # builds and saves a Keras model of its own
 def test_weights_with_a_wrong_shape(converted: Converted, tmp_path: Path) -> None:
     weights_file = tmp_path / "wrong_shape.h5"
     save_legacy_h5(converted.keras_model, weights_file)
