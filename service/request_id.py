@@ -55,6 +55,9 @@ def configure_logging(level: int = logging.INFO) -> None:
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # libvips' own progress ("VIPS: thumbnailing source", ...), relayed by pyvips at
+    # INFO: several lines for every large decode, none of them news to an operator.
+    logging.getLogger("pyvips").setLevel(logging.WARNING)
 
 
 class RequestContext:

@@ -173,3 +173,28 @@ def test_a_failed_warm_up_ends_the_process_so_heroku_restarts_it(
     assert code == 6, log
     assert "The model's first run failed" in log
     assert "Traceback" in log
+
+
+def test_libvips_progress_stays_out_of_the_log(tmp_path: Path) -> None:
+    """A large PNG goes through libvips, whose own INFO lines pyvips relays to logging."""
+    from PIL import Image
+
+    large = tmp_path / "large.png"
+    Image.new("RGB", (2500, 2000), (90, 120, 150)).save(large)
+    code = (
+        "import sys\n"
+        "from service.request_id import configure_logging\n"
+        "configure_logging()\n"
+        "from classifier.metadata import Preprocessing\n"
+        "from classifier.preprocess import preprocess\n"
+        "preprocess(sys.argv[1], Preprocessing())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(large)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "VIPS:" not in result.stderr
