@@ -6,8 +6,9 @@ folders only; they must never land in ``models/``. Helpers live in
 ``tests.support``; nothing imports from this file.
 
 ``slow`` marks what converts a model of its own, emulates a CPU with qemu,
-drives a browser, a balancer or a stress run (the fuzzer, the hostile
-burst): the tests using a fixture in
+drives a browser, a balancer, a container or a stress run (the fuzzers,
+the hostile burst, the 40-megapixel decodes), or starts an app of its own
+to saturate or drain it: the tests using a fixture in
 ``SLOW_FIXTURES`` here, and those that do it in their own body (marked
 where they are). ``make test-fast`` runs the rest, ``-m "not slow"``. The
 session's random-weights InceptionV3 (``converted``, about 40 s, once) is

@@ -176,6 +176,7 @@ def tight_instance(model_path: Path, folder: Path) -> Instance:
     return launch(model_path, folder / "app.log", MEMORY_BUDGET_MB="110", ADMISSION_TIMEOUT="1")
 
 
+@pytest.mark.slow  # an app of its own, saturated until its admission timeout
 def test_saturated_server_answers_503_with_retry_after(model_path: Path, tmp_path: Path) -> None:
     large = tmp_path / "rgba.png"
     write_large_rgba_png(large)
@@ -199,6 +200,7 @@ def post_to(instance: Instance, path: Path) -> httpx.Response:
         return classify(client, path)
 
 
+@pytest.mark.slow  # an app of its own, drained under load
 def test_sigterm_lets_requests_under_way_finish_and_exits_0(
     model_path: Path, tmp_path: Path
 ) -> None:

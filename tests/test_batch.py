@@ -104,6 +104,7 @@ def test_openapi_documents_the_batch(http: httpx.Client) -> None:
     assert {"200", "400", "413", "415", "422"} <= set(operation["responses"])
 
 
+@pytest.mark.slow  # a fuzzing run, as tests/test_fuzz.py
 @pytest.mark.timeout(300)
 def test_mutated_files_in_batches_never_break_the_app(http: httpx.Client) -> None:
     seeds = seed_files(Image.open(CAT_PHOTO))
