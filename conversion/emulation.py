@@ -84,7 +84,6 @@ NEOVERSE_N1 = EmulatedCpu(
     "neoverse-n1", ("asimd", "asimddp"), "aarch64", "0xd0c", "an ARM64 CPU (Graviton2)"
 )
 CORTEX_A76 = EmulatedCpu("cortex-a76", ("asimd", "asimddp"), "aarch64", "0xd0b", "a Cortex-A76")
-EMULATED_CPUS = {cpu.qemu_cpu: cpu for cpu in (HASWELL, NEHALEM, NEOVERSE_N1, CORTEX_A76)}
 PORTABLE_CHECKS = (HASWELL, NEOVERSE_N1)
 """The CPUs the converter checks a portable int8 model on, where it can."""
 

@@ -176,7 +176,7 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
     def classify(
         image_path: str | None, request: gr.Request
     ) -> tuple[dict[str, float], Explanation]:
-        request_id.current.set(request_id.request_id_from(request.headers.get(request_id.HEADER)))
+        request_id.adopt(request.headers)
         if image_path is None:
             raise gr.Error("Please upload an image first.")
         try:
@@ -190,7 +190,7 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
     ) -> tuple[list[tuple[Image.Image, str]], list[Explanation], dict[str, float], Explanation]:
         """Each photo on its own: the gallery shows those classified, a warning names the
         rest; the first one's answer and heatmap show until another is picked."""
-        request_id.current.set(request_id.request_id_from(request.headers.get(request_id.HEADER)))
+        request_id.adopt(request.headers)
         if not paths:
             raise gr.Error("Please choose one or more photos first.")
         if len(paths) > BATCH_FILES:

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import uuid
+from collections.abc import Mapping
 from contextvars import ContextVar
 
 from starlette.requests import ClientDisconnect
@@ -35,6 +36,12 @@ def request_id_from(header: str | None) -> str:
     if header and _ACCEPTED.fullmatch(header):
         return header
     return uuid.uuid4().hex
+
+
+def adopt(headers: Mapping[str, str]) -> None:
+    """Take the request's id from its headers for this context: a page event, which
+    Gradio runs outside the request that carried it."""
+    current.set(request_id_from(headers.get(HEADER)))
 
 
 def internal_error_message() -> str:
