@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             admission=settings.admission(),
             warm=False,
             observer=PrometheusObserver(),
+            isolate=True,
         )
         # Gradio takes seconds to import: a broken model is reported before that.
         lighten_gradio()

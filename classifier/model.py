@@ -10,7 +10,6 @@ metrics into.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -28,6 +27,7 @@ from classifier.assets import DEFAULT_MODEL_PATH
 from classifier.batching import Batcher
 from classifier.cpu import log_cpu_support
 from classifier.errors import ClassifierError
+from classifier.heap import release_after_large_decodes, release_freed_memory
 from classifier.heatmap import (
     MAX_OVERLAY_SIDE,
     ClassWeights,
@@ -37,6 +37,7 @@ from classifier.heatmap import (
     overlay,
     overlay_cost,
 )
+from classifier.jail import DecoderJail
 from classifier.labels import Label, LabelsError, read_labels
 from classifier.metadata import ModelMetadata, metadata_path_for, sha256_of
 from classifier.observer import Observer
@@ -48,7 +49,7 @@ from classifier.options import (
     SessionOptions,
     available_cores,
 )
-from classifier.preprocess import Decoded, ImageSource, decode_with_photo, to_array
+from classifier.preprocess import ImageSource, decode_with_photo, normalize
 
 log = logging.getLogger(__name__)
 
@@ -97,31 +98,6 @@ def session_options(options: SessionOptions) -> ort.SessionOptions:
         "session.intra_op.allow_spinning", "1" if options.allow_spinning else "0"
     )
     return ort_options
-
-
-def release_freed_memory() -> None:
-    """Hand memory that is free but still held by the C heap back to the OS.
-
-    Loading a session parses the model and then lays its weights out afresh,
-    so about one model's worth of memory is freed at the end; glibc keeps it
-    unless asked, and a 512 MB dyno cannot spare that.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        log.debug("malloc_trim is not available here (not glibc)")
-
-
-TRIM_AFTER = 32 * MB
-"""Decodes that held this much leave pages worth handing back; after small ones,
-handing them back costs more (the next decode faults them in again: ~2.5 ms
-for a 451 x 300 PNG) than it saves."""
-
-
-def release_after_large_decodes(peak: int) -> None:
-    """The memory budget's idle hook: trim the heap once large decodes are done."""
-    if peak >= TRIM_AFTER:
-        release_freed_memory()
 
 
 def load_metadata(model_path: Path) -> ModelMetadata:
@@ -186,6 +162,7 @@ class Classifier:
         admission: AdmissionOptions | None = None,
         warm: bool = True,
         observer: Observer | None = None,
+        isolate: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.metadata = load_metadata(self.model_path)
@@ -224,6 +201,11 @@ class Classifier:
             on_idle=release_after_large_decodes,
         )
         self._run_batched = Batcher(self._run, admission.max_batch)
+        self.jail = (
+            DecoderJail(admission.decoders, admission.decode_timeout_s, admission.timeout_s)
+            if isolate
+            else None
+        )
         self.ready = False
         if warm:
             self.warm_up()
@@ -238,6 +220,8 @@ class Classifier:
     def warm_up(self) -> None:
         """One run at start, so the first user does not pay for lazy set-up."""
         spec = self.metadata.preprocessing
+        if self.jail:
+            self.jail.start()
         self.predict_explained(np.zeros((1, spec.height, spec.width, 3), np.float32), self.explains)
         release_freed_memory()
         self.ready = True
@@ -251,12 +235,19 @@ class Classifier:
         spec = self.metadata.preprocessing
         start = time.perf_counter()
         try:
-            decoded: Decoded = decode_with_photo(
-                image, spec, self.max_pixels, self.budget.reserve, photo_side
-            )
+            if self.jail and not isinstance(image, Image.Image):
+                isolated = self.jail.decode(
+                    image, spec, self.max_pixels, self.budget.reserve, photo_side
+                )
+                pixels, photo = isolated.pixels, isolated.photo
+            else:
+                decoded = decode_with_photo(
+                    image, spec, self.max_pixels, self.budget.reserve, photo_side
+                )
+                pixels, photo = np.asarray(decoded.input), decoded.photo
         finally:
             self.observer.decoded(time.perf_counter() - start)
-        return _Input(to_array(decoded.input, spec), decoded.photo)
+        return _Input(normalize(pixels, spec), photo)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Model inputs ``(n, h, w, 3)`` -> probabilities ``(n, classes)``.

@@ -56,13 +56,16 @@ class AdmissionOptions:
     to ``timeout_s`` for its share, inside Heroku's 30 s router timeout.
     Model runs go one at a time, each taking up to ``max_batch`` waiting
     images: ONNX Runtime's arena keeps the activations of the largest batch
-    until the burst ends.
+    until the burst ends. Where decoding is isolated in worker processes
+    (``classifier.jail``), a decode is stopped past ``decode_timeout_s``
+    seconds, wall-clock or CPU.
     """
 
     memory_budget_mb: int = math.ceil(PROGRESSIVE_JPEG_COST / MB)
     decode_slots: int = 0
     timeout_s: float = 20.0
     max_batch: int = 2
+    decode_timeout_s: float = 10.0
 
     @property
     def decoders(self) -> int:

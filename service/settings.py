@@ -64,6 +64,12 @@ class Settings(BaseSettings):
         description="seconds an upload may wait for memory before a 503 (Heroku's router "
         "gives up at 30)",
     )
+    decode_timeout: float = Field(
+        ADMISSION.decode_timeout_s,
+        gt=0,
+        description="seconds, wall-clock and CPU, one upload's decode may take in its worker "
+        "process: past it the worker is killed and replaced, and the upload answered 422",
+    )
     max_batch: int = Field(
         ADMISSION.max_batch,
         ge=1,
@@ -156,7 +162,11 @@ class Settings(BaseSettings):
     def admission(self) -> AdmissionOptions:
         """How much work the classifier takes on at once."""
         return AdmissionOptions(
-            self.memory_budget_mb, self.decode_slots, self.admission_timeout, self.max_batch
+            self.memory_budget_mb,
+            self.decode_slots,
+            self.admission_timeout,
+            self.max_batch,
+            self.decode_timeout,
         )
 
 

@@ -120,7 +120,8 @@ ARENA = """
 import re, sys
 from pathlib import Path
 from classifier.assets import EXAMPLE_PHOTOS
-from classifier.model import Classifier, release_freed_memory
+from classifier.heap import release_freed_memory
+from classifier.model import Classifier
 def resident():
     release_freed_memory()
     return int(re.search(r"VmRSS:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))

@@ -1,0 +1,423 @@
+"""The decoder jail: uploads are parsed and decoded in worker processes the kernel bounds.
+
+A decoder is the largest attack surface of an image service: C libraries
+reading bytes a stranger chose. The server process never runs one on an
+upload. A zygote process (``classifier.jail_worker``), started with a clean
+environment (no ``DATABASE_URL``, no tokens: nothing of the server's),
+imports the decoders and forks workers; each worker decodes one upload at a
+time and answers with pixels only.
+
+Admission keeps its meaning: a worker reads the upload's header and reports
+its cost; the server's memory budget decides when it may decode (first come,
+first served, as before); then the kernel holds the decode to that cost
+(``RLIMIT_DATA``) and to a CPU time (``RLIMIT_CPU``), and the server to a
+wall-clock deadline. A worker that passes a limit dies or is killed, is
+replaced, and its request is answered 413 or 422; the server and the other
+requests go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyvips
+from PIL import Image
+
+from classifier.admission import BusyError
+from classifier.metadata import Preprocessing
+from classifier.options import BASE_COST, MB
+from classifier.preprocess import (
+    EXACT_COST_PER_PIXEL,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
+
+log = logging.getLogger(__name__)
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "MALLOC_MMAP_THRESHOLD_")
+"""What a worker inherits of the server's environment: nothing secret, only what
+the C libraries read (the locale, where temporary files go, glibc's tuning)."""
+WORKER_ENVIRONMENT = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+"""A worker decodes one upload at a time: one thread's worth of arenas and pools."""
+INLINE_BYTES = 1 << 20
+"""Uploads up to this size are sent to the worker; larger ones go as a file descriptor."""
+PREADMITTED = BASE_COST + EXACT_COST_PER_PIXEL * 1_000_000
+"""Memory reserved for every decode before its cost is known: an upload of up to a
+megapixel (most of what the web sends) costs less, and decodes without a second
+round trip to the server; a larger one waits for its own cost in line."""
+DATA_SLACK = 48 * MB
+"""Room above a decode's estimated cost for what the estimate does not count: the
+interpreter's objects, a library's bookkeeping and thread stacks, allocations the
+allocator rounds up. The kernel refuses a worker memory past ``cost + DATA_SLACK``."""
+HEADER_BYTES = 64 * 1024
+"""The longest JSON header a worker may send back."""
+FORK_TIMEOUT_S = 30.0
+"""How long the zygote may take to fork a worker (at start it is still importing)."""
+ERRORS: dict[str, type[ImageError]] = {
+    "ImageError": ImageError,
+    "ImageTooLargeError": ImageTooLargeError,
+    "UnsupportedImageError": UnsupportedImageError,
+}
+
+Admission = Callable[[int], AbstractContextManager[object]]
+ImageFile = str | Path | bytes | BinaryIO
+
+
+class DecodeStoppedError(ImageTooLargeError):
+    """A decode took more memory or CPU than the kernel allowed it: the image costs more
+    than its header says."""
+
+    outcome = "decode_stopped"
+
+
+class DecodeTimeoutError(ImageError):
+    """A decode passed its wall-clock deadline and was killed."""
+
+    status = 422
+    outcome = "decode_timeout"
+
+
+class IdleWorkerLostError(Exception):
+    """A worker was found dead when handed a job (killed from outside): try another."""
+
+
+class WorkerProtocolError(Exception):
+    """A worker answered something it never should: it is killed and replaced."""
+
+
+@dataclass
+class Worker:
+    """One forked decoder: its pid (a pidfd, so a kill can never reach another process)
+    and the socket the server talks to it over."""
+
+    pid: int
+    pidfd: int
+    conn: Connection
+    clean: bool = True
+    """Between jobs: safe to hand the next upload to."""
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # it died already
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        self.conn.close()
+        os.close(self.pidfd)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What a worker sends back: the model's input pixels and, if asked for, the photo."""
+
+    pixels: np.ndarray
+    """Upright RGB uint8 ``(height, width, 3)`` at the model's input size."""
+    photo: Image.Image | None
+
+
+class DecoderJail:
+    """``workers`` decoder processes, each decode bounded by the kernel and a deadline.
+
+    ``timeout_s`` is each decode's wall-clock deadline and its CPU time;
+    ``wait_s`` how long a request may wait for a free worker before a 503.
+    """
+
+    def __init__(self, workers: int, timeout_s: float, wait_s: float) -> None:
+        self.workers = workers
+        self.timeout_s = timeout_s
+        self.wait_s = wait_s
+        self.data_slack = DATA_SLACK
+        self._idle: queue.Queue[Worker] = queue.Queue()
+        self._forking = threading.Lock()
+        self._zygote: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._started = False
+
+    def start(self) -> None:
+        """Start the zygote and fork the workers (once; later calls do nothing)."""
+        with self._forking:
+            if self._started:
+                return
+            self._started = True
+        for _ in range(self.workers):
+            self._idle.put(self._fork())
+
+    def decode(
+        self,
+        source: ImageFile,
+        spec: Preprocessing,
+        max_pixels: int,
+        admit: Admission,
+        photo_side: int | None,
+    ) -> Decoded:
+        """Decode ``source`` in a worker, once ``admit(cost)`` lets it, as ``decode_with_photo``
+        would: the same pixels, bit for bit."""
+        self.start()
+        for _ in range(self.workers + 1):
+            try:
+                return self._decode(source, spec, max_pixels, admit, photo_side)
+            except IdleWorkerLostError:
+                log.warning("A decoder worker had died while idle: replaced")
+        raise DecodeStoppedError(STOPPED)
+
+    def _decode(
+        self,
+        source: ImageFile,
+        spec: Preprocessing,
+        max_pixels: int,
+        admit: Admission,
+        photo_side: int | None,
+    ) -> Decoded:
+        with self._worker() as worker, ExitStack() as reserved:
+            reserved.enter_context(admit(PREADMITTED))
+            self._send_job(worker, source, spec, max_pixels, photo_side)
+            reply = self._receive_json(worker)
+            if "cost" in reply:  # more than was admitted ahead: wait for it in line
+                reserved.close()
+                try:
+                    reserved.enter_context(admit(self._cost(reply)))
+                except BaseException:
+                    self._tell(worker, ("abort",))
+                    raise
+                self._tell(worker, ("go",))
+                reply = self._receive_json(worker)
+            if "input" not in reply:
+                return self._refused(worker, reply)
+            return self._pixels(worker, reply, spec, photo_side)
+
+    @staticmethod
+    def _cost(reply: dict[str, Any]) -> int:
+        cost = reply["cost"]
+        if not isinstance(cost, int) or cost < 0:
+            raise WorkerProtocolError(f"cost {cost!r}")
+        return cost
+
+    @contextmanager
+    def _worker(self) -> Iterator[Worker]:
+        """A free worker for one job; back to the pool if it ended the job cleanly, else
+        killed and replaced by a new one."""
+        try:
+            worker = self._idle.get(timeout=self.wait_s)
+        except queue.Empty:
+            raise BusyError(
+                "The server is busy with other images; please try again in a few seconds.",
+                retry_after=max(1, round(self.wait_s / 4)),
+            ) from None
+        worker.clean = False
+        try:
+            yield worker
+            worker.clean = True
+        except (ImageError, BusyError) as error:
+            worker.clean = not isinstance(error, DecodeStoppedError | DecodeTimeoutError)
+            raise
+        except IdleWorkerLostError:
+            worker.clean = False
+            raise
+        except WorkerProtocolError as error:
+            log.error("A decoder worker broke its protocol (%s): replaced", error)
+            raise DecodeStoppedError(STOPPED) from error
+        finally:
+            if worker.clean:
+                self._idle.put(worker)
+            else:
+                worker.kill()
+                self._idle.put(self._fork())
+
+    def _tell(self, worker: Worker, message: tuple[str]) -> None:
+        """Go on, or give up, mid-job; a worker gone meanwhile was stopped by the kernel."""
+        try:
+            worker.conn.send(message)
+        except OSError:
+            log.warning("A decoder worker was stopped by a kernel limit: replaced")
+            raise DecodeStoppedError(STOPPED) from None
+
+    def _send_job(self, *job: Any) -> None:
+        try:
+            self._send(*job)
+        except OSError as error:  # its end of the socket is gone
+            raise IdleWorkerLostError from error
+
+    def _send(
+        self,
+        worker: Worker,
+        source: ImageFile,
+        spec: Preprocessing,
+        max_pixels: int,
+        photo_side: int | None,
+    ) -> None:
+        job: dict[str, Any] = {
+            "spec": spec,
+            "max_pixels": max_pixels,
+            "photo_side": photo_side,
+            "admitted": PREADMITTED,
+            "data_slack": self.data_slack,
+            "cpu_seconds": self.timeout_s,
+        }
+        if isinstance(source, str | Path):
+            worker.conn.send({**job, "kind": "path", "source": str(source)})
+            return
+        if isinstance(source, bytes):
+            worker.conn.send({**job, "kind": "bytes", "source": source})
+            return
+        fd = descriptor_of(source)
+        if fd is None:
+            source.seek(0)
+            worker.conn.send({**job, "kind": "bytes", "source": source.read()})
+            return
+        worker.conn.send({**job, "kind": "fd"})
+        with socket.socket(fileno=os.dup(worker.conn.fileno())) as channel:
+            socket.send_fds(channel, [b"\0"], [fd])
+
+    def _receive(self, worker: Worker, maxlength: int) -> bytes:
+        """The worker's next message, within the deadline; its death or silence, our error."""
+        deadline = time.monotonic() + self.timeout_s
+        if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+            log.warning("A decode passed its %.0f s deadline: its worker is killed", self.timeout_s)
+            raise DecodeTimeoutError(
+                f"This image took too long to decode (over {self.timeout_s:g} s) and was "
+                "stopped. Please upload an ordinary photo: a baseline JPEG or a PNG."
+            )
+        try:
+            return worker.conn.recv_bytes(maxlength)
+        except EOFError:
+            log.warning("A decoder worker was stopped by a kernel limit: replaced")
+            raise DecodeStoppedError(STOPPED) from None
+        except OSError as error:  # a message longer than ``maxlength``
+            raise WorkerProtocolError(str(error)) from None
+
+    def _receive_json(self, worker: Worker) -> dict[str, Any]:
+        message = self._receive(worker, HEADER_BYTES)
+        try:
+            reply = json.loads(message)
+        except ValueError as error:
+            raise WorkerProtocolError("a header that is not JSON") from error
+        if not isinstance(reply, dict):
+            raise WorkerProtocolError("a header that is not an object")
+        return reply
+
+    def _refused(self, worker: Worker, reply: dict[str, Any]) -> Decoded:
+        """The worker's refusal, as the user's error; or its stop, as ours."""
+        if reply.get("stopped") == "memory":
+            worker.clean = False
+            raise DecodeStoppedError(STOPPED)
+        kind, message = ERRORS.get(reply.get("error", "")), reply.get("message")
+        if kind is None or not isinstance(message, str):
+            raise WorkerProtocolError(f"reply {sorted(reply)!r}")
+        raise kind(message[:1000])
+
+    def _pixels(
+        self, worker: Worker, reply: dict[str, Any], spec: Preprocessing, photo_side: int | None
+    ) -> Decoded:
+        """The input and the photo, checked against what was asked for before they are used."""
+        if reply["input"] != [spec.width, spec.height]:
+            raise WorkerProtocolError(f"input of {reply['input']!r}")
+        pixels = self._rgb(worker, spec.width, spec.height)
+        photo = None
+        if photo_side:
+            size = reply.get("photo")
+            if not (
+                isinstance(size, list)
+                and len(size) == 2
+                and all(isinstance(side, int) and 1 <= side <= photo_side for side in size)
+            ):
+                raise WorkerProtocolError(f"photo of {size!r}")
+            photo = Image.fromarray(self._rgb(worker, *size))
+        return Decoded(pixels, photo)
+
+    def _rgb(self, worker: Worker, width: int, height: int) -> np.ndarray:
+        expected = width * height * 3
+        data = self._receive(worker, expected)
+        if len(data) != expected:
+            raise WorkerProtocolError(f"{len(data)} bytes for {width} x {height}")
+        return np.frombuffer(data, np.uint8).reshape(height, width, 3)
+
+    def close(self) -> None:
+        """Stop the workers and the zygote (a later ``decode`` starts them again)."""
+        with self._forking:
+            self._started = False
+            while not self._idle.empty():
+                self._idle.get().kill()
+            self._stop_zygote()
+
+    def _fork(self) -> Worker:
+        """A new worker from the zygote (started, or started again, as needed)."""
+        with self._forking:
+            for attempt in range(2):
+                if self._zygote is None or self._zygote.poll() is not None:
+                    self._start_zygote()
+                assert self._control is not None
+                try:
+                    self._control.sendall(b"f")
+                    message, fds, _, _ = socket.recv_fds(self._control, 4, 1)
+                except OSError:
+                    message, fds = b"", []
+                if len(message) == 4 and len(fds) == 1:
+                    pid = int.from_bytes(message, "little")
+                    return Worker(pid, os.pidfd_open(pid), Connection(fds[0]))
+                for fd in fds:
+                    os.close(fd)
+                log.warning("The decoders' zygote did not answer (try %d): restarting it", attempt)
+                self._stop_zygote()
+        raise RuntimeError("The decoders' zygote cannot be started: see the log above.")
+
+    def _start_zygote(self) -> None:
+        ours, theirs = socket.socketpair()
+        environment = {name: os.environ[name] for name in ENVIRONMENT if name in os.environ}
+        environment |= WORKER_ENVIRONMENT
+        environment["PYTHONPATH"] = str(PACKAGE_ROOT)
+        environment["VIPS_THREADS"] = str(pyvips.concurrency_get())  # as ``configure_vips`` set it
+        self._zygote = subprocess.Popen(
+            [sys.executable, "-m", "classifier.jail_worker", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            cwd=PACKAGE_ROOT,
+        )
+        theirs.close()
+        ours.settimeout(FORK_TIMEOUT_S)
+        self._control = ours
+
+    def _stop_zygote(self) -> None:
+        if self._control is not None:
+            self._control.close()
+        if self._zygote is not None:
+            self._zygote.kill()
+            self._zygote.wait()
+        self._zygote = self._control = None
+
+
+STOPPED = (
+    "This image is too costly to decode: it needed more memory or time than its size "
+    "promises, and its decode was stopped. Please upload an ordinary photo: a baseline "
+    "JPEG or a PNG."
+)
+
+
+def descriptor_of(source: BinaryIO) -> int | None:
+    """The file descriptor behind a large upload on disk; ``None`` for one held in memory."""
+    source.seek(0, io.SEEK_END)
+    size = source.tell()
+    source.seek(0)
+    if size <= INLINE_BYTES:
+        return None
+    try:
+        return source.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None

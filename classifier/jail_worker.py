@@ -1,0 +1,186 @@
+"""The decoder jail's processes: a zygote that forks workers, and the workers' loop.
+
+Run as ``python -m classifier.jail_worker`` by ``classifier.jail`` with a
+clean environment (no secrets) and one socket to the server. The zygote
+imports the decoders (Pillow, libvips, numpy) and nothing else, then forks a
+worker each time the server asks: a worker starts small, sharing the
+zygote's pages, and holds nothing of the server's (no sockets, no settings,
+no model). Each worker decodes one upload at a time: it reads the header and
+sends the server its cost; once the server's memory budget admits it, the
+kernel bounds the decode to that cost (``RLIMIT_DATA``) and to a CPU time
+(``RLIMIT_CPU``). What goes back is the model's input pixels and the photo,
+as raw bytes behind a JSON header: never a pickle, which a subverted worker
+could make run code in the server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from typing import Any
+
+from classifier.heap import release_after_large_decodes
+from classifier.options import MB
+from classifier.preprocess import Admission, ImageError, configure_vips, decode_with_photo
+
+log = logging.getLogger("classifier.jail")
+
+SOCKET_BUFFER = 4 * MB
+"""Room in each direction of a worker's socket: a 640 px photo's pixels (1.2 MB) at once."""
+LIMITS = (resource.RLIMIT_DATA, resource.RLIMIT_CPU)
+REFUSALS = {"ImageError", "ImageTooLargeError", "UnsupportedImageError"}
+"""The errors a worker reports by name: the user's, with their message."""
+
+
+class NotAdmittedError(Exception):
+    """The server did not admit the decode (busy, or over the budget): nothing to decode."""
+
+
+def send_json(conn: Connection, message: dict[str, Any]) -> None:
+    conn.send_bytes(json.dumps(message).encode())
+
+
+def data_in_use() -> int:
+    """The process's data segment now (heap and private mappings), as RLIMIT_DATA counts it."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[5]) * resource.getpagesize()
+
+
+@contextmanager
+def bounded(conn: Connection, job: dict[str, Any]) -> Iterator[Admission]:
+    """The kernel's limits on one job, held from its first byte read to its last.
+
+    Memory: what the server ``admitted`` ahead, until the decoder asks for more;
+    then, once the server admits that cost, the cost. Either way plus the job's
+    ``data_slack``, above what the process held when the job began. CPU:
+    ``cpu_seconds``. Yields the ``admit`` the decoder calls with its cost.
+    """
+    hard = {
+        kind: resource.getrlimit(kind)[1] for kind in (resource.RLIMIT_DATA, resource.RLIMIT_CPU)
+    }
+    base = data_in_use()
+    held = job["admitted"]
+
+    def hold(memory: int) -> None:
+        limit = base + memory + job["data_slack"]
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard[resource.RLIMIT_DATA]))
+
+    @contextmanager
+    def admit(cost: int) -> Iterator[None]:
+        nonlocal held
+        if cost > held:
+            send_json(conn, {"cost": cost})
+            if conn.recv()[0] != "go":
+                raise NotAdmittedError
+            held = cost
+            hold(cost)
+        yield
+
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_limit = math.ceil(used.ru_utime + used.ru_stime + job["cpu_seconds"])
+    hold(held)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_limit, hard[resource.RLIMIT_CPU]))
+    try:
+        yield admit
+    finally:
+        for kind, limit in hard.items():
+            resource.setrlimit(kind, (limit, limit))
+        release_after_large_decodes(held)
+
+
+def source_of(conn: Connection, job: dict[str, Any]) -> Any:
+    """Where the upload is: a path, bytes sent along, or a file descriptor passed with them."""
+    if job["kind"] == "fd":
+        with socket.socket(fileno=os.dup(conn.fileno())) as channel:
+            _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+        return os.fdopen(fds[0], "rb")
+    return job["source"]
+
+
+def decode_one(conn: Connection, job: dict[str, Any]) -> None:
+    """One upload: its cost, then (once admitted) its pixels, or why it could not be read."""
+    source = source_of(conn, job)
+    try:
+        with bounded(conn, job) as admit:
+            decoded = decode_with_photo(
+                source, job["spec"], job["max_pixels"], admit, job["photo_side"]
+            )
+    except NotAdmittedError:
+        return
+    except MemoryError:
+        log.info("A decode passed its memory limit: this worker stops")
+        send_json(conn, {"stopped": "memory"})
+        sys.exit(0)
+    except ImageError as error:
+        name = type(error).__name__
+        kind = name if name in REFUSALS else "ImageError"
+        send_json(conn, {"error": kind, "message": str(error)})
+        return
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+    photo = decoded.photo
+    send_json(
+        conn,
+        {"input": list(decoded.input.size), "photo": None if photo is None else list(photo.size)},
+    )
+    conn.send_bytes(decoded.input.tobytes())
+    if photo is not None:
+        conn.send_bytes(photo.tobytes())
+
+
+def work(conn: Connection) -> None:
+    """A worker's life: jobs until the server closes its end (or the kernel stops it)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        decode_one(conn, job)
+
+
+def serve_forks(control: socket.socket) -> None:
+    """The zygote: for each byte the server sends, fork a worker and send back its pid and
+    its end of a new socket pair. Workers are reaped by the kernel (``SIGCHLD`` ignored)."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops us by closing the socket
+    while control.recv(1):
+        ours, theirs = socket.socketpair()
+        for end in (ours, theirs):  # a photo's pixels in one write, not in 200 kB turns
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            theirs.close()
+            try:
+                work(Connection(ours.detach()))
+            finally:
+                os._exit(0)
+        ours.close()
+        socket.send_fds(control, [pid.to_bytes(4, "little")], [theirs.fileno()])
+        theirs.close()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s [decoder %(process)d]: %(message)s"
+    )
+    logging.getLogger("pyvips").setLevel(logging.WARNING)
+    configure_vips(int(os.environ.get("VIPS_THREADS", "1")))
+    control = socket.socket(fileno=int(sys.argv[1]))
+    serve_forks(control)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""The decoder jail: every upload decoded in a worker process the kernel bounds.
+
+The model's input must come out bit for bit as an in-process decode makes it;
+a worker that passes a limit, dies or hangs must cost its own request only
+(413 or 422), never the server; and a worker must hold nothing of the
+server's (no secrets in its environment, no sockets but its own).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from classifier.admission import BusyError, MemoryBudget
+from classifier.assets import ROOT
+from classifier.jail import (
+    INLINE_BYTES,
+    PREADMITTED,
+    DecoderJail,
+    DecodeStoppedError,
+    DecodeTimeoutError,
+)
+from classifier.metadata import Preprocessing
+from classifier.options import MB, AdmissionOptions
+from classifier.preprocess import (
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    decode_with_photo,
+)
+from tests.support.harness import wait_for
+from tests.support.images import (
+    cat,
+    gradient,
+    save_heic,
+    write_bomb,
+    write_text_as_jpeg,
+    write_truncated_jpeg,
+)
+from tests.support.photos import EXAMPLES, imagenet_sample_photos
+
+SPEC = Preprocessing()
+MAX_PIXELS = 40_000_000
+PHOTO_SIDE = 640
+ADMISSION = AdmissionOptions()
+
+
+def budget() -> MemoryBudget:
+    return MemoryBudget(ADMISSION.memory_budget_mb * MB, ADMISSION.timeout_s)
+
+
+@pytest.fixture(scope="module")
+def jail() -> Iterator[DecoderJail]:
+    jail = DecoderJail(workers=2, timeout_s=ADMISSION.decode_timeout_s, wait_s=10)
+    yield jail
+    jail.close()
+
+
+def written(folder: Path) -> list[Path]:
+    """The cat in every format the app takes, as editors and phones write them."""
+    image = cat()
+    files = {
+        "cat.jpg": {"quality": 90},
+        "cat-progressive.jpg": {"quality": 85, "progressive": True},
+        "cat.png": {},
+        "cat-interlaced.png": {"optimize": False},
+        "cat.gif": {},
+        "cat.webp": {"quality": 80},
+        "cat.bmp": {},
+        "cat.tiff": {"compression": "tiff_lzw"},
+        "cat.avif": {"quality": 60},
+    }
+    paths = []
+    for name, options in files.items():
+        path = folder / name
+        image.save(path, **options)
+        paths.append(path)
+    heic = folder / "cat.heic"
+    save_heic(image, heic)
+    rgba = folder / "cat-rgba.png"
+    image.convert("RGBA").save(rgba)
+    return [*paths, heic, rgba]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("formats")
+    return [*sorted(EXAMPLES.glob("*.png")), *written(folder), *imagenet_sample_photos()[:12]]
+
+
+def in_process(source: object) -> tuple[np.ndarray, np.ndarray]:
+    decoded = decode_with_photo(source, SPEC, MAX_PIXELS, photo_side=PHOTO_SIDE)  # type: ignore[arg-type]
+    assert decoded.photo is not None
+    return np.asarray(decoded.input), np.asarray(decoded.photo)
+
+
+def jailed(jail: DecoderJail, source: object, admit: Callable | None = None) -> tuple:
+    decoded = jail.decode(source, SPEC, MAX_PIXELS, admit or budget().reserve, PHOTO_SIDE)  # type: ignore[arg-type]
+    assert decoded.photo is not None
+    return decoded.pixels, np.asarray(decoded.photo)
+
+
+def test_the_model_input_and_photo_are_bit_identical_through_the_jail(
+    jail: DecoderJail, photos: list[Path]
+) -> None:
+    for path in photos:
+        expected = in_process(path)
+        data = path.read_bytes()
+        for source in (path, str(path), data, io.BytesIO(data)):
+            pixels, photo = jailed(jail, source)
+            assert np.array_equal(pixels, expected[0]), path.name
+            assert np.array_equal(photo, expected[1]), path.name
+
+
+def test_a_large_upload_on_disk_goes_to_the_worker_as_a_file_descriptor(
+    jail: DecoderJail, tmp_path: Path
+) -> None:
+    """What the API spools to disk (past 1 MB) is never read into the server's memory."""
+    path = tmp_path / "noise.png"
+    noise = np.random.default_rng(0).integers(0, 256, (900, 900, 3), np.uint8)
+    Image.fromarray(noise).save(path)
+    assert path.stat().st_size > INLINE_BYTES
+    with tempfile.SpooledTemporaryFile(max_size=INLINE_BYTES) as spool:
+        spool.write(path.read_bytes())
+        pixels, photo = jailed(jail, spool)
+    expected = in_process(path)
+    assert np.array_equal(pixels, expected[0])
+    assert np.array_equal(photo, expected[1])
+
+
+@pytest.mark.parametrize(
+    ("write", "error"),
+    [
+        (write_text_as_jpeg, UnsupportedImageError),
+        (write_truncated_jpeg, ImageError),
+        (write_bomb, ImageTooLargeError),
+    ],
+)
+def test_refusals_come_back_as_the_users_errors_and_the_worker_stays(
+    jail: DecoderJail, tmp_path: Path, write: Callable[[Path], None], error: type
+) -> None:
+    path = tmp_path / "upload"
+    write(path)
+    with pytest.raises(error) as in_server:
+        in_process(path)
+    pids = worker_pids(jail)
+    with pytest.raises(error) as through_jail:
+        jailed(jail, path)
+    assert type(through_jail.value) is type(in_server.value)
+    assert str(through_jail.value) == str(in_server.value)
+    assert worker_pids(jail) == pids
+
+
+def worker_pids(jail: DecoderJail) -> set[int]:
+    return {worker.pid for worker in list(jail._idle.queue)}
+
+
+def test_a_decode_past_its_deadline_is_killed_and_answered_422(
+    jail: DecoderJail, tmp_path: Path
+) -> None:
+    """A 12-megapixel PNG takes far longer than a millisecond to decode, on any machine."""
+    path = tmp_path / "large.png"
+    gradient((4000, 3000)).save(path, compress_level=1)
+    pids = worker_pids(jail)
+    jail.timeout_s = 0.001
+    try:
+        with pytest.raises(DecodeTimeoutError) as stopped:
+            jailed(jail, path)
+    finally:
+        jail.timeout_s = ADMISSION.decode_timeout_s
+    assert stopped.value.status == 422
+    assert worker_pids(jail) != pids, "the killed worker is replaced"
+    assert len(worker_pids(jail)) == jail.workers
+    assert_decodes(jail, EXAMPLES / "chelsea.png")
+
+
+def assert_decodes(jail: DecoderJail, path: Path) -> None:
+    assert np.array_equal(jailed(jail, path)[0], in_process(path)[0])
+
+
+def test_a_worker_the_kernel_stops_mid_decode_costs_its_request_a_413(
+    jail: DecoderJail, tmp_path: Path
+) -> None:
+    """The kernel ends a worker past its limits by a signal: here one sent while the
+    worker waits to be admitted for a cost above what it was given ahead."""
+    path = tmp_path / "two-megapixels.png"
+    gradient((1600, 1200)).save(path, compress_level=1)
+
+    def admit_after_a_kill(cost: int) -> AbstractContextManager[object]:
+        if cost > PREADMITTED:  # the worker waits for its own cost: it is stopped meanwhile
+            for pid in busy_pids(jail):
+                os.kill(pid, signal.SIGKILL)
+        return budget().reserve(cost)
+
+    with pytest.raises(DecodeStoppedError) as stopped:
+        jailed(jail, path, admit_after_a_kill)
+    assert stopped.value.status == 413
+    assert len(worker_pids(jail)) == jail.workers
+    assert_decodes(jail, path)
+
+
+def busy_pids(jail: DecoderJail) -> set[int]:
+    """The workers at work: the zygote's children that are not waiting for a job."""
+    assert jail._zygote is not None
+    pid = jail._zygote.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(child) for child in children.split()} - worker_pids(jail)
+
+
+def test_the_kernel_refuses_a_worker_memory_past_its_admitted_cost() -> None:
+    """``bounded`` sets RLIMIT_DATA to what was admitted plus the slack: past it,
+    allocations fail (Python's ``MemoryError``; a C decoder's ``malloc`` gets NULL)."""
+    script = f"""
+from classifier.jail_worker import bounded
+job = {{"admitted": {32 * MB}, "data_slack": {16 * MB}, "cpu_seconds": 10}}
+with bounded(None, job):
+    within = bytearray({40 * MB})
+    del within
+    try:
+        bytearray({64 * MB})
+        print("allowed")
+    except MemoryError:
+        print("refused")
+bytearray({64 * MB})
+print("lifted")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["refused", "lifted"]
+
+
+def test_a_worker_killed_while_idle_or_the_zygote_killed_is_replaced_unseen(
+    jail: DecoderJail,
+) -> None:
+    for worker in list(jail._idle.queue):
+        os.kill(worker.pid, signal.SIGKILL)
+    assert_decodes(jail, EXAMPLES / "coffee.png")
+    assert jail._zygote is not None
+    jail._zygote.kill()
+    jail._zygote.wait()
+    for worker in list(jail._idle.queue):
+        os.kill(worker.pid, signal.SIGKILL)
+    assert_decodes(jail, EXAMPLES / "chelsea.png")
+    assert len(worker_pids(jail)) == jail.workers
+
+
+def test_workers_hold_no_secret_and_no_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = {"DATABASE_URL": "postgres://u:secret@db/x", "METRICS_TOKEN": "t0ken"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    jail = DecoderJail(workers=1, timeout_s=10, wait_s=10)
+    with socket_listening() as listener:
+        jail.start()
+        try:
+            assert jail._zygote is not None
+            processes = [jail._zygote.pid, *worker_pids(jail)]
+            for pid in processes:
+                environment = Path(f"/proc/{pid}/environ").read_bytes()
+                assert not any(value.encode() in environment for value in secrets.values())
+                # The zygote closes its copy of a new worker's socket just after sending it.
+                wait_for(lambda pid=pid: len(sockets_of(pid)) == 1)
+                inode = os.fstat(listener.fileno()).st_ino
+                assert sockets_of(pid) != {f"socket:[{inode}]"}
+        finally:
+            jail.close()
+
+
+def sockets_of(pid: int) -> set[str]:
+    links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    return {link for link in links if link.startswith("socket:")}
+
+
+def socket_listening() -> AbstractContextManager:
+    """A listening socket of the server's, which no worker may inherit."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    return listener
+
+
+def test_a_request_waits_for_a_free_worker_then_gets_a_503() -> None:
+    jail = DecoderJail(workers=1, timeout_s=10, wait_s=0.2)
+    held = threading.Event()
+    release = threading.Event()
+
+    def holding(cost: int) -> AbstractContextManager[object]:
+        if cost > PREADMITTED:
+            held.set()
+            release.wait(30)
+        return budget().reserve(cost)
+
+    try:
+        jail.start()
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "two-megapixels.png"
+            gradient((1600, 1200)).save(path, compress_level=1)
+            first = threading.Thread(target=jailed, args=(jail, path, holding))
+            first.start()
+            assert held.wait(30)
+            with pytest.raises(BusyError):
+                jailed(jail, EXAMPLES / "chelsea.png")
+            release.set()
+            first.join(30)
+        assert_decodes(jail, EXAMPLES / "chelsea.png")
+    finally:
+        release.set()
+        jail.close()
