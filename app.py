@@ -21,7 +21,7 @@ from classifier.assets import EXAMPLE_PHOTOS
 from classifier.errors import ClassifierError
 from classifier.model import Classifier, ModelError
 from classifier.preprocess import configure_vips
-from service.deferred import defer_import
+from service.deferred import defer_import, hidden
 from service.metrics import PrometheusObserver
 from service.request_id import configure_logging
 from service.settings import help_text, load_settings
@@ -35,11 +35,16 @@ def lighten_gradio() -> None:
     After every page event Gradio summarises up to 10,000 past events with
     pandas (the summary feeds its monitoring dashboard, not served here):
     milliseconds of CPU per request, growing with the count, and 32 MB of
-    pandas, which Gradio also imports eagerly.
+    pandas, which Gradio also imports eagerly. And Gradio imports the MCP SDK
+    whenever it is installed (for its own MCP server, not used here: ours is
+    ``service.agents``): 24 MB, and sse-starlette with it, which replaces
+    uvicorn's signal handler that our draining relies on.
     """
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**31))
     os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
     defer_import("pandas")
+    with hidden("mcp"):
+        import gradio  # noqa: F401
 
 
 def parse_arguments(argv: list[str]) -> None:
