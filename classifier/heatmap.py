@@ -22,8 +22,9 @@ import numpy as np
 from PIL import Image
 
 from classifier.errors import ClassifierError
+from classifier.options import MAX_PHOTO_SIDE
 
-MAX_OVERLAY_SIDE = 1024
+MAX_OVERLAY_SIDE = MAX_PHOTO_SIDE
 """The overlay is the photo as decoded for the classification, upright, shrunk to this
 on its longest side: the page shows no more, and a PNG of a 24-megapixel photo
 would be tens of megabytes."""

@@ -22,11 +22,12 @@ import os
 import resource
 import signal
 import socket
+import struct
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, BinaryIO
 
 from classifier.heap import release_after_large_decodes
 from classifier.options import MB
@@ -37,6 +38,10 @@ log = logging.getLogger("classifier.jail")
 SOCKET_BUFFER = 4 * MB
 """Room in each direction of a worker's socket: a 640 px photo's pixels (1.2 MB) at once."""
 LIMITS = (resource.RLIMIT_DATA, resource.RLIMIT_CPU)
+WEBP_CANVAS_BYTES = 12
+"""Address space a WebP reserves a canvas pixel and never touches unless drawn on: two
+RGBA canvases libwebp allocates as Pillow reads the header, and the RGBA frame libvips
+allocates for its shrinking decode."""
 REFUSALS = {"ImageError", "ImageTooLargeError", "UnsupportedImageError"}
 """The errors a worker reports by name: the user's, with their message."""
 
@@ -56,13 +61,14 @@ def data_in_use() -> int:
 
 
 @contextmanager
-def bounded(conn: Connection, job: dict[str, Any]) -> Iterator[Admission]:
+def bounded(conn: Connection, job: dict[str, Any], reserved: int = 0) -> Iterator[Admission]:
     """The kernel's limits on one job, held from its first byte read to its last.
 
     Memory: what the server ``admitted`` ahead, until the decoder asks for more;
     then, once the server admits that cost, the cost. Either way plus the job's
-    ``data_slack``, above what the process held when the job began. CPU:
-    ``cpu_seconds``. Yields the ``admit`` the decoder calls with its cost.
+    ``data_slack``, and what the decoder ``reserved`` without touching it, above
+    what the process held when the job began. CPU: ``cpu_seconds``. Yields the
+    ``admit`` the decoder calls with its cost.
     """
     hard = {
         kind: resource.getrlimit(kind)[1] for kind in (resource.RLIMIT_DATA, resource.RLIMIT_CPU)
@@ -71,7 +77,7 @@ def bounded(conn: Connection, job: dict[str, Any]) -> Iterator[Admission]:
     held = job["admitted"]
 
     def hold(memory: int) -> None:
-        limit = base + memory + job["data_slack"]
+        limit = base + memory + job["data_slack"] + reserved
         resource.setrlimit(resource.RLIMIT_DATA, (limit, hard[resource.RLIMIT_DATA]))
 
     @contextmanager
@@ -106,11 +112,44 @@ def source_of(conn: Connection, job: dict[str, Any]) -> Any:
     return job["source"]
 
 
+def reserved_by_header(source: str | bytes | BinaryIO, max_pixels: int) -> int:
+    """Address space the decoders reserve for an upload and leave untouched: for WebP,
+    full-canvas buffers (``WEBP_CANVAS_BYTES``), whose pages stay unmapped until drawn
+    on, so they cost the budget nothing, but the kernel's limit counts them."""
+    if isinstance(source, bytes):
+        head = source[:30]
+    elif isinstance(source, str):
+        with open(source, "rb") as file:
+            head = file.read(30)
+    else:
+        head = source.read(30)
+        source.seek(0)
+    return WEBP_CANVAS_BYTES * min(webp_canvas(head), max_pixels)
+
+
+def webp_canvas(head: bytes) -> int:
+    """A WebP's canvas in pixels, from its first 30 bytes; 0 for any other file."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WEBP" or len(head) < 30:
+        return 0
+    chunk = head[12:16]
+    if chunk == b"VP8X":
+        return (1 + int.from_bytes(head[24:27], "little")) * (
+            1 + int.from_bytes(head[27:30], "little")
+        )
+    if chunk == b"VP8 ":
+        width, height = struct.unpack("<HH", head[26:30])
+        return (width & 0x3FFF) * (height & 0x3FFF)
+    if chunk == b"VP8L":
+        bits = int.from_bytes(head[21:25], "little")
+        return (1 + (bits & 0x3FFF)) * (1 + ((bits >> 14) & 0x3FFF))
+    return 0
+
+
 def decode_one(conn: Connection, job: dict[str, Any]) -> None:
     """One upload: its cost, then (once admitted) its pixels, or why it could not be read."""
     source = source_of(conn, job)
     try:
-        with bounded(conn, job) as admit:
+        with bounded(conn, job, reserved_by_header(source, job["max_pixels"])) as admit:
             decoded = decode_with_photo(
                 source, job["spec"], job["max_pixels"], admit, job["photo_side"]
             )

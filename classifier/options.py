@@ -24,6 +24,12 @@ PROGRESSIVE_JPEG_COST = BASE_COST + 3 * DEFAULT_MAX_PIXELS
 """The costliest upload the app promises to take: a progressive JPEG of the
 largest size, whose DCT coefficients (2 bytes a sample, 1.5 samples a pixel
 in the usual 4:2:0) libjpeg keeps in full."""
+MAX_PHOTO_SIDE = 1024
+"""The largest photo a decode keeps beside the model's input: the one an overlay is
+drawn on (the page keeps 640 px)."""
+LARGEST_DECODE_COST = PROGRESSIVE_JPEG_COST + 3 * MAX_PHOTO_SIDE * MAX_PHOTO_SIDE
+"""The costliest upload with its photo: what the budget must hold, or the page and
+``explain=true`` would refuse an upload that a bare classification takes."""
 
 
 def available_cores() -> int:
@@ -51,7 +57,8 @@ class AdmissionOptions:
     """How much work the process takes on at once; the defaults fit a 512 MB dyno.
 
     ``memory_budget_mb`` is what decodes may hold together: one of the
-    costliest uploads the app takes, a 40-megapixel progressive JPEG. At most
+    costliest uploads the app takes, a 40-megapixel progressive JPEG, with
+    the photo an overlay is drawn on. At most
     ``decode_slots`` decode at once (``0``: one per core); a decode waits up
     to ``timeout_s`` for its share, inside Heroku's 30 s router timeout.
     Model runs go one at a time, each taking up to ``max_batch`` waiting
@@ -61,7 +68,7 @@ class AdmissionOptions:
     seconds, wall-clock or CPU.
     """
 
-    memory_budget_mb: int = math.ceil(PROGRESSIVE_JPEG_COST / MB)
+    memory_budget_mb: int = math.ceil(LARGEST_DECODE_COST / MB)
     decode_slots: int = 0
     timeout_s: float = 20.0
     max_batch: int = 2

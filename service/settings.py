@@ -50,7 +50,8 @@ class Settings(BaseSettings):
     memory_budget_mb: int = Field(
         ADMISSION.memory_budget_mb,
         ge=1,
-        description="memory that decodes may hold at once: one 40-megapixel progressive JPEG",
+        description="memory that decodes may hold at once: one 40-megapixel progressive JPEG "
+        "and its photo",
     )
     decode_slots: int = Field(
         ADMISSION.decode_slots,

@@ -32,6 +32,7 @@ from classifier.jail import (
     DecodeStoppedError,
     DecodeTimeoutError,
 )
+from classifier.jail_worker import webp_canvas
 from classifier.metadata import Preprocessing
 from classifier.options import MB, AdmissionOptions
 from classifier.preprocess import (
@@ -320,3 +321,15 @@ def test_a_request_waits_for_a_free_worker_then_gets_a_503() -> None:
     finally:
         release.set()
         jail.close()
+
+
+@pytest.mark.parametrize("lossless", [False, True])
+@pytest.mark.parametrize("animated", [False, True])
+def test_a_webps_canvas_is_read_from_its_first_bytes(lossless: bool, animated: bool) -> None:
+    """VP8, VP8L and VP8X (extended: animated) headers, as Pillow writes them."""
+    image = Image.new("RGB", (1234, 567), (10, 20, 30))
+    file = io.BytesIO()
+    frames = {"save_all": True, "append_images": [image]} if animated else {}
+    image.save(file, "WEBP", lossless=lossless, **frames)
+    assert webp_canvas(file.getvalue()[:30]) == 1234 * 567
+    assert webp_canvas(b"RIFF\0\0\0\0WEBPVP8X") == 0
