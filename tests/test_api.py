@@ -18,6 +18,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from classifier.model import Classifier
+from tests.support.budgets import uploads_timeout
 from tests.support.harness import (
     Instance,
     classify,
@@ -151,7 +152,8 @@ def test_openapi_documents_classify(http: httpx.Client) -> None:
     assert http.get("docs").status_code == 200
 
 
-@pytest.mark.slow  # a stress run: 80 uploads of ~40 megapixels, over a minute
+@pytest.mark.slow  # a stress run: 96 uploads of ~40 megapixels, over a minute
+@uploads_timeout(8 * len(LARGE))
 def test_concurrent_large_uploads_are_all_classified(
     http: httpx.Client, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -19,11 +19,14 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.common import burst
 from classifier.admission import MemoryBudget
 from classifier.assets import ROOT
 from classifier.jail import DecoderJail
 from classifier.metadata import Preprocessing
 from classifier.options import MB, AdmissionOptions
+from tests.support.budgets import uploads_timeout
+from tests.support.harness import serving
 from tests.support.images import LARGE, write_large_images
 
 MEASURE = """
@@ -176,3 +179,28 @@ def test_the_photo_kept_for_overlays_decodes_within_its_reservation(
     for kind in ("rgba png", "progressive jpeg"):
         measured = json.loads(printed_by(script, str(large_images[kind])))
         assert measured["growth"] <= measured["cost"] + 3 * 1024 * 1024, kind
+
+
+HOSTILE_CLIENTS = 8
+TREE_PEAK_BAR = 450 * MB
+"""The app's whole process tree under the hostile burst: inside a 512 MB dyno with room."""
+
+
+@pytest.mark.parametrize("protocol", ["rest", "page"])
+@uploads_timeout(HOSTILE_CLIENTS * len(LARGE))
+def test_the_hostile_burst_is_all_classified_within_450_mb(
+    protocol: str, model_path: Path, large_images: dict[str, Path], tmp_path: Path
+) -> None:
+    """8 clients at once, each uploading a ~40-megapixel image of every kind: every one
+    classified, and the server, the zygote and the decoder workers together stay under
+    450 MB."""
+    uploads = HOSTILE_CLIENTS * len(LARGE)
+    with serving(model_path, tmp_path / "app.log") as instance:
+        instance.memory.take_peak()
+        result = burst(
+            instance.url, list(large_images.values()), uploads, HOSTILE_CLIENTS, 3600, protocol
+        )
+        peak = instance.memory.take_peak()
+    assert result.errors == []
+    assert len(result.latencies) == uploads
+    assert peak < TREE_PEAK_BAR, f"{peak / MB:.0f} MB"

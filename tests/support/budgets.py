@@ -1,4 +1,4 @@
-"""Time limits for emulated runs, from the work they do rather than a flat 150 s.
+"""Time limits for emulated runs and stress runs, from the work they do rather than a flat 150 s.
 
 qemu runs a photo through InceptionV3 in a known amount of CPU time; on a
 machine whose cores are shared, the wall time is that times how many busy
@@ -42,3 +42,14 @@ ARM64_INT8 = EmulationBudget(start=60, per_photo=15)
 """qemu-aarch64, int8: measured 3 to 7 CPU seconds a photo."""
 X86_INT8 = EmulationBudget(start=30, per_photo=20)
 """qemu-x86_64 as Haswell or Nehalem, int8: measured about 8 CPU seconds a photo."""
+
+
+LARGE_UPLOAD_CPU_S = 3.0
+"""CPU seconds a ~40-megapixel upload takes, decoded and classified: measured 0.5 to 2 s
+for the kinds of ``tests.support.images.LARGE`` on a 2-core AMD EPYC."""
+
+
+def uploads_timeout(uploads: int) -> pytest.MarkDecorator:
+    """The pytest-timeout mark for a test body that has the app classify ``uploads`` large
+    uploads: a hang still fails, a busy machine does not."""
+    return pytest.mark.timeout(60 + CORE_SHARE * LARGE_UPLOAD_CPU_S * uploads)

@@ -49,41 +49,65 @@ def procfile_command(script: str = "app.py") -> str:
 
 
 class ProcessMemory:
-    """A process tree's resident memory now, and its peak as the kernel counts it.
+    """A process tree's memory as a dyno counts it: every process, a shared page once.
 
-    The kernel keeps each process's high-water mark (``VmHWM``) exactly, so
-    reading it costs the app nothing; sampling RSS every few milliseconds
-    from here would take CPU from the app being measured. Heroku counts
-    every process in the dyno, so children are summed with their parent.
+    The app is a server, and a zygote it starts that forks the decoder workers,
+    which share the zygote's pages. The server and its direct children (each
+    a program of its own) count their resident pages; a process forked below
+    them counts only its private pages (USS), the rest being its parent's.
+    Peaks are the kernel's high-water marks (``VmHWM``: exact and free to
+    read, where sampling from here would take CPU from the app), a forked
+    worker's added to its private pages; peaks of processes that did not peak
+    together are summed, so a peak is an upper bound. Pages of libraries
+    that the server and the zygote both map count twice: also an upper bound.
     """
 
     def __init__(self, pid: int) -> None:
         self._root = psutil.Process(pid)
 
-    def _tree(self) -> list[psutil.Process]:
+    def _tree(self) -> list[tuple[psutil.Process, bool]]:
+        """Each process, and whether it was forked from a process of the app's below the root."""
         try:
-            return [self._root, *self._root.children(recursive=True)]
+            children = self._root.children()
+            forked = [c for child in children for c in child.children(recursive=True)]
         except psutil.Error:
             return []
+        return [(self._root, False), *((c, False) for c in children), *((f, True) for f in forked)]
 
     @property
     def current(self) -> int:
-        """Resident bytes now."""
-        total = 0
-        for process in self._tree():
-            with contextlib.suppress(psutil.Error):  # it exited meanwhile
-                total += process.memory_info().rss
-        return total
+        """Bytes now."""
+        return sum(
+            counts["Private"] if forked else counts["Rss"] for counts, forked in self._counts()
+        )
 
     def take_peak(self) -> int:
-        """The peak resident bytes since launch or the last call, starting a new window."""
-        total = 0
-        for process in self._tree():
+        """The peak bytes since launch or the last call, starting a new window."""
+        peak = sum(
+            counts["Private"] + max(0, counts["VmHWM"] - counts["Rss"])
+            if forked
+            else counts["VmHWM"]
+            for counts, forked in self._counts()
+        )
+        for process, _ in self._tree():
             with contextlib.suppress(OSError):  # it exited meanwhile
-                status = Path(f"/proc/{process.pid}/status").read_text()
-                total += int(status.split("VmHWM:")[1].split()[0]) * 1024
                 Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # resets VmHWM
-        return total
+        return peak
+
+    def _counts(self) -> list[tuple[dict[str, int], bool]]:
+        """Each live process's resident, private and peak bytes, and whether it was forked."""
+        counts = []
+        for process, forked in self._tree():
+            with contextlib.suppress(OSError):  # it exited meanwhile
+                proc = Path(f"/proc/{process.pid}")
+                text = (proc / "smaps_rollup").read_text() + (proc / "status").read_text()
+                kb = {
+                    name: int(text.split(f"\n{name}:")[1].split()[0]) * 1024
+                    for name in ("Rss", "Private_Clean", "Private_Dirty", "VmHWM")
+                }
+                kb["Private"] = kb["Private_Clean"] + kb["Private_Dirty"]
+                counts.append((kb, forked))
+        return counts
 
 
 @dataclass
