@@ -53,3 +53,9 @@ def uploads_timeout(uploads: int) -> pytest.MarkDecorator:
     """The pytest-timeout mark for a test body that has the app classify ``uploads`` large
     uploads: a hang still fails, a busy machine does not."""
     return pytest.mark.timeout(60 + CORE_SHARE * LARGE_UPLOAD_CPU_S * uploads)
+
+
+START_UP_WAIT_S = 240.0
+"""How long a test waits for an app or a container to be ready: start-up takes 5 to 20 s
+on a quiet machine (``benchmarks.startup``, ``benchmarks.oci_image`` measure it against
+Heroku's 60 s), CORE_SHARE times more on a shared one."""

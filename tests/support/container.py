@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier.assets import ROOT
+from tests.support.budgets import START_UP_WAIT_S
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ def start(name: str, tag: str, port: int, memory_mb: int | None = None, **env: s
     return Container(name, f"http://127.0.0.1:{port}/", started)
 
 
-def wait_until_ready(container: Container, timeout: float = 60) -> None:
+def wait_until_ready(container: Container, timeout: float = START_UP_WAIT_S) -> None:
     """Poll ``/readyz`` until the model is warm; fail with the log if it exits or is late."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -26,6 +26,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from classifier.assets import ROOT
+from tests.support.budgets import START_UP_WAIT_S
 
 AFFINITY_COOKIE = "heroku-session-affinity"
 """The cookie Heroku's router sets when session affinity is enabled."""
@@ -147,7 +148,9 @@ def launch(
     return Instance(f"http://127.0.0.1:{port}/", process, log, ProcessMemory(process.pid), launched)
 
 
-def wait_until_ready(instance: Instance, path: str = "readyz", timeout: float = 120) -> None:
+def wait_until_ready(
+    instance: Instance, path: str = "readyz", timeout: float = START_UP_WAIT_S
+) -> None:
     """Poll ``/readyz`` (or ``path``) every 20 ms until the model is loaded and warm."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
