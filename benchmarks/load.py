@@ -1,9 +1,10 @@
 """Load: the bare classifier, the REST API and the page's protocol, one run.
 
 The app is launched as the Procfile does, on 127.0.0.1 only. First, one
-client and the same photo: a bare ``Classifier.classify`` in this process,
-``POST /classify`` and the page's three requests (upload, call, result)
-take turns, so the machine's drift falls on all alike. Then throughput: C
+client and the same photo: a bare ``Classifier.classify`` in this process
+(decoding in this process, and in the decoder jail's workers, as the app
+does), ``POST /classify`` and the page's three requests (upload, call,
+result) take turns, so the machine's drift falls on all alike. Then throughput: C
 clients at once for each, the bare classifier as C threads of this process.
 """
 
@@ -62,8 +63,12 @@ def main() -> None:
         for model in models(args):
             with serving(model, Path(folder) / "app.log", env=dict(args.env)) as server:
                 classifier = Classifier(model)
+                jailed = Classifier(model, isolate=True)
                 clients = {name: kind(server.url) for name, kind in PROTOCOLS.items()}
-                calls = {"bare": partial(classifier.classify, CAT_PHOTO)}
+                calls = {
+                    "bare": partial(classifier.classify, CAT_PHOTO),
+                    "bare, decoded in the jail": partial(jailed.classify, CAT_PHOTO),
+                }
                 calls |= {
                     name: partial(client.classify, CAT_PHOTO) for name, client in clients.items()
                 }
