@@ -75,6 +75,7 @@ def bounded(conn: Connection, job: dict[str, Any], reserved: int = 0) -> Iterato
     }
     base = data_in_use()
     held = job["admitted"]
+    decoded = 0
 
     def hold(memory: int) -> None:
         limit = base + memory + job["data_slack"] + reserved
@@ -82,7 +83,8 @@ def bounded(conn: Connection, job: dict[str, Any], reserved: int = 0) -> Iterato
 
     @contextmanager
     def admit(cost: int) -> Iterator[None]:
-        nonlocal held
+        nonlocal held, decoded
+        decoded = cost
         if cost > held:
             send_json(conn, {"cost": cost})
             if conn.recv()[0] != "go":
@@ -100,7 +102,7 @@ def bounded(conn: Connection, job: dict[str, Any], reserved: int = 0) -> Iterato
     finally:
         for kind, limit in hard.items():
             resource.setrlimit(kind, (limit, limit))
-        release_after_large_decodes(held)
+        release_after_large_decodes(decoded)
 
 
 def source_of(conn: Connection, job: dict[str, Any]) -> Any:
