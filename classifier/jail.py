@@ -98,7 +98,12 @@ class DecodeTimeoutError(ImageError):
 
 
 class IdleWorkerLostError(Exception):
-    """A worker was found dead when handed a job (killed from outside): try another."""
+    """A worker was found dead when handed a job, or died before its first answer: try
+    another (a worker killed while idle must not fail a request)."""
+
+
+class WorkerGoneError(Exception):
+    """A worker's socket closed mid-job: the kernel stopped it at a limit."""
 
 
 class WorkerProtocolError(Exception):
@@ -115,6 +120,8 @@ class Worker:
     conn: Connection
     clean: bool = True
     """Between jobs: safe to hand the next upload to."""
+    retiring: bool = False
+    """It said it exits after this job (a large one): a fresh one takes its place."""
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):  # it died already
@@ -188,7 +195,10 @@ class DecoderJail:
         with self._worker() as worker, ExitStack() as reserved:
             reserved.enter_context(admit(PREADMITTED))
             self._send_job(worker, source, spec, max_pixels, photo_side)
-            reply = self._receive_json(worker)
+            try:
+                reply = self._receive_json(worker)
+            except WorkerGoneError as error:
+                raise IdleWorkerLostError from error
             if "cost" in reply:  # more than was admitted ahead: wait for it in line
                 reserved.close()
                 try:
@@ -230,11 +240,14 @@ class DecoderJail:
         except IdleWorkerLostError:
             worker.clean = False
             raise
+        except WorkerGoneError as error:
+            log.warning("A decoder worker was stopped by a kernel limit: replaced")
+            raise DecodeStoppedError(STOPPED) from error
         except WorkerProtocolError as error:
             log.error("A decoder worker broke its protocol (%s): replaced", error)
             raise DecodeStoppedError(STOPPED) from error
         finally:
-            if worker.clean:
+            if worker.clean and not worker.retiring:
                 self._idle.put(worker)
             else:
                 worker.kill()
@@ -296,9 +309,8 @@ class DecoderJail:
             )
         try:
             return worker.conn.recv_bytes(maxlength)
-        except EOFError:
-            log.warning("A decoder worker was stopped by a kernel limit: replaced")
-            raise DecodeStoppedError(STOPPED) from None
+        except (EOFError, ConnectionResetError) as error:
+            raise WorkerGoneError from error
         except OSError as error:  # a message longer than ``maxlength``
             raise WorkerProtocolError(str(error)) from None
 
@@ -310,12 +322,13 @@ class DecoderJail:
             raise WorkerProtocolError("a header that is not JSON") from error
         if not isinstance(reply, dict):
             raise WorkerProtocolError("a header that is not an object")
+        worker.retiring = reply.get("retiring") is True
         return reply
 
     def _refused(self, worker: Worker, reply: dict[str, Any]) -> Decoded:
         """The worker's refusal, as the user's error; or its stop, as ours."""
         if reply.get("stopped") == "memory":
-            worker.clean = False
+            worker.retiring = True
             raise DecodeStoppedError(STOPPED)
         kind, message = ERRORS.get(reply.get("error", "")), reply.get("message")
         if kind is None or not isinstance(message, str):

@@ -15,6 +15,7 @@ could make run code in the server.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any, BinaryIO
 
-from classifier.heap import release_after_large_decodes
+from classifier.heap import TRIM_AFTER
 from classifier.options import MB
 from classifier.preprocess import Admission, ImageError, configure_vips, decode_with_photo
 
@@ -75,7 +76,6 @@ def bounded(conn: Connection, job: dict[str, Any], reserved: int = 0) -> Iterato
     }
     base = data_in_use()
     held = job["admitted"]
-    decoded = 0
 
     def hold(memory: int) -> None:
         limit = base + memory + job["data_slack"] + reserved
@@ -83,8 +83,8 @@ def bounded(conn: Connection, job: dict[str, Any], reserved: int = 0) -> Iterato
 
     @contextmanager
     def admit(cost: int) -> Iterator[None]:
-        nonlocal held, decoded
-        decoded = cost
+        nonlocal held
+        job["cost"] = cost
         if cost > held:
             send_json(conn, {"cost": cost})
             if conn.recv()[0] != "go":
@@ -102,7 +102,6 @@ def bounded(conn: Connection, job: dict[str, Any], reserved: int = 0) -> Iterato
     finally:
         for kind, limit in hard.items():
             resource.setrlimit(kind, (limit, limit))
-        release_after_large_decodes(decoded)
 
 
 def source_of(conn: Connection, job: dict[str, Any]) -> Any:
@@ -147,8 +146,13 @@ def webp_canvas(head: bytes) -> int:
     return 0
 
 
-def decode_one(conn: Connection, job: dict[str, Any]) -> None:
-    """One upload: its cost, then (once admitted) its pixels, or why it could not be read."""
+def decode_one(conn: Connection, job: dict[str, Any]) -> bool:
+    """One upload: its cost, then (once admitted) its pixels, or why it could not be read.
+
+    Returns whether the worker retires: after a large decode its heap keeps the
+    pages it grew to, and pages it shared with the zygote have become its own;
+    a fresh fork costs ~10 ms, beside the second such a decode takes.
+    """
     source = source_of(conn, job)
     try:
         with bounded(conn, job, reserved_by_header(source, job["max_pixels"])) as admit:
@@ -156,27 +160,28 @@ def decode_one(conn: Connection, job: dict[str, Any]) -> None:
                 source, job["spec"], job["max_pixels"], admit, job["photo_side"]
             )
     except NotAdmittedError:
-        return
+        return False
     except MemoryError:
         log.info("A decode passed its memory limit: this worker stops")
         send_json(conn, {"stopped": "memory"})
-        sys.exit(0)
+        return True
     except ImageError as error:
         name = type(error).__name__
         kind = name if name in REFUSALS else "ImageError"
-        send_json(conn, {"error": kind, "message": str(error)})
-        return
+        retiring = job.get("cost", 0) >= TRIM_AFTER
+        send_json(conn, {"error": kind, "message": str(error), "retiring": retiring})
+        return retiring
     finally:
         if hasattr(source, "close"):
             source.close()
     photo = decoded.photo
-    send_json(
-        conn,
-        {"input": list(decoded.input.size), "photo": None if photo is None else list(photo.size)},
-    )
+    retiring = job.get("cost", 0) >= TRIM_AFTER
+    size = None if photo is None else list(photo.size)
+    send_json(conn, {"input": list(decoded.input.size), "photo": size, "retiring": retiring})
     conn.send_bytes(decoded.input.tobytes())
     if photo is not None:
         conn.send_bytes(photo.tobytes())
+    return retiring
 
 
 def work(conn: Connection) -> None:
@@ -187,7 +192,8 @@ def work(conn: Connection) -> None:
             job = conn.recv()
         except EOFError:
             return
-        decode_one(conn, job)
+        if decode_one(conn, job):
+            return
 
 
 def serve_forks(control: socket.socket) -> None:
@@ -219,6 +225,8 @@ def main() -> None:
     )
     logging.getLogger("pyvips").setLevel(logging.WARNING)
     configure_vips(int(os.environ.get("VIPS_THREADS", "1")))
+    # The imports' objects stay shared with every worker: the collector never writes to them.
+    gc.freeze()
     control = socket.socket(fileno=int(sys.argv[1]))
     serve_forks(control)
 
