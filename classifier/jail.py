@@ -46,6 +46,7 @@ from classifier.metadata import Preprocessing
 from classifier.options import BASE_COST, MB
 from classifier.preprocess import (
     EXACT_COST_PER_PIXEL,
+    Geometry,
     ImageError,
     ImageTooLargeError,
     UnsupportedImageError,
@@ -276,7 +277,7 @@ class DecoderJail:
         photo_side: int | None,
     ) -> None:
         job: dict[str, Any] = {
-            "spec": spec,
+            "spec": Geometry(spec.width, spec.height, spec.resize),
             "max_pixels": max_pixels,
             "photo_side": photo_side,
             "admitted": PREADMITTED,

@@ -32,19 +32,44 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import numpy as np
 import pyvips
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from classifier.errors import ClassifierError
-from classifier.metadata import Preprocessing
 from classifier.options import BASE_COST, DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from classifier.metadata import Preprocessing
 
 log = logging.getLogger(__name__)
 
 ImageSource = str | Path | bytes | BinaryIO | Image.Image
+
+
+class InputSize(Protocol):
+    """What decoding needs of a model's preprocessing (``Preprocessing`` has it): the
+    input's size and how to resize to it. The decoder processes get only this."""
+
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def resize(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """An ``InputSize`` as plain data, without pydantic."""
+
+    width: int
+    height: int
+    resize: str
+
+
 Admission = Callable[[int], AbstractContextManager[object]]
 """Called with a decode's estimated cost in bytes; holds it while the decode runs."""
 
@@ -331,7 +356,7 @@ PHOTO_BYTES_PER_PIXEL = 3
 
 def decode(
     source: ImageSource,
-    spec: Preprocessing,
+    spec: InputSize,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     admit: Admission = no_admission,
 ) -> Image.Image:
@@ -341,7 +366,7 @@ def decode(
 
 def decode_with_photo(
     source: ImageSource,
-    spec: Preprocessing,
+    spec: InputSize,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     admit: Admission = no_admission,
     photo_side: int | None = None,
@@ -395,7 +420,7 @@ def _resized(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image if image.size == size else image.resize(size, Image.Resampling.BILINEAR)
 
 
-DecodePath = Callable[[Image.Image, ImageSource, Preprocessing], Image.Image]
+DecodePath = Callable[[Image.Image, ImageSource, InputSize], Image.Image]
 
 
 def _decode_path(image: Image.Image, source: ImageSource) -> DecodePath:
@@ -409,7 +434,7 @@ def _decode_path(image: Image.Image, source: ImageSource) -> DecodePath:
     return _decode_in_strips
 
 
-def _decode_exact(image: Image.Image, source: ImageSource, spec: Preprocessing) -> Image.Image:
+def _decode_exact(image: Image.Image, source: ImageSource, spec: InputSize) -> Image.Image:
     """Keras' own path: the whole image, oriented and made RGB, resized by the caller."""
     with decoding():
         image.seek(0)
@@ -418,16 +443,14 @@ def _decode_exact(image: Image.Image, source: ImageSource, spec: Preprocessing) 
     return to_rgb(upright)
 
 
-def _decode_jpeg_drafted(
-    image: Image.Image, source: ImageSource, spec: Preprocessing
-) -> Image.Image:
+def _decode_jpeg_drafted(image: Image.Image, source: ImageSource, spec: InputSize) -> Image.Image:
     """libjpeg decodes at 1/2, 1/4 or 1/8 scale, never below twice the input size."""
     with decoding():
         image.draft("RGB", (2 * spec.width, 2 * spec.height))
     return _decode_exact(image, source, spec)
 
 
-def _decode_with_vips(image: Image.Image, source: ImageSource, spec: Preprocessing) -> Image.Image:
+def _decode_with_vips(image: Image.Image, source: ImageSource, spec: InputSize) -> Image.Image:
     """libvips shrinks on load to twice the input size, orients, then flattens and converts."""
     with decoding():
         shrunk = pyvips.Image.thumbnail_source(
@@ -458,7 +481,7 @@ def _vips_source(source: str | Path | bytes | BinaryIO) -> pyvips.Source:
         return pyvips.Source.new_from_memory(source.read())
 
 
-def _decode_in_strips(image: Image.Image, source: ImageSource, spec: Preprocessing) -> Image.Image:
+def _decode_in_strips(image: Image.Image, source: ImageSource, spec: InputSize) -> Image.Image:
     """One decode at the image's own depth, then RGB and a box reduction strip by strip.
 
     The reduction factor keeps at least twice the input size; strips are a
