@@ -64,7 +64,7 @@ def check() -> None:
         problems.append("gradio: an image's upload payload has no `path`")
     problems += gradio_upload_problems(probe)
     problems += uvicorn_protocol_problems()
-    if list(inspect.signature(uvicorn.Server.handle_exit).parameters) != ["self", "sig", "frame"]:
+    if parameters(uvicorn_handle_exit()) != ["self", "sig", "frame"]:
         problems.append("uvicorn: Server.handle_exit no longer takes (self, sig, frame)")
     server = uvicorn.Server(uvicorn.Config(app=lambda *args: None, log_config=None))
     if not isinstance(getattr(server, "_captured_signals", None), list):
@@ -81,6 +81,17 @@ def check() -> None:
     for name, verified in VERIFIED.items():
         if version(name) != verified:
             log.warning("%s %s: internals verified with %s only", name, version(name), verified)
+
+
+def uvicorn_handle_exit() -> Callable[..., None]:
+    """uvicorn's own ``Server.handle_exit``, through the wrapper sse-starlette puts on it when
+    imported (by Gradio's MCP support, where ``mcp`` is installed), which passes every call on."""
+    handle_exit = uvicorn.Server.handle_exit
+    if handle_exit.__qualname__ == "AppStatus.handle_exit":
+        from sse_starlette.sse import AppStatus
+
+        return AppStatus.original_handler  # type: ignore[no-any-return]
+    return handle_exit
 
 
 def parameters(function: Callable[..., object]) -> list[str]:
