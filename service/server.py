@@ -26,6 +26,7 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.internals import ConnectionLimits, HookedSignalServer, bounded_protocol
+from service.logs import printed_lines_logged
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,9 @@ class GracefulServer:
         return len(self.server.server_state.connections) > self.max_connections
 
     def run(self) -> None:
-        """Serve until stopped, then return."""
-        self.server.run()
+        """Serve until stopped, then return; what libraries print meanwhile is logged."""
+        with printed_lines_logged():
+            self.server.run()
 
     def stop(self) -> None:
         """Stop at once (from any thread), as after a failed warm-up."""
