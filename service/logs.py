@@ -85,6 +85,14 @@ class PrintedLines(io.TextIOBase):
     def writable(self) -> bool:
         return True
 
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def fileno(self) -> int:
+        """The stream underneath's, for what writes to a descriptor (faulthandler)."""
+        return self._fallback.fileno()
+
     def write(self, text: str) -> int:
         local = self._local
         if getattr(local, "logging", False):
