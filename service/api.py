@@ -14,6 +14,7 @@ import base64
 import hmac
 import http
 import logging
+import math
 import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Annotated, BinaryIO
@@ -26,6 +27,7 @@ from fastapi.exception_handlers import (
 )
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.datastructures import FormData, Headers, UploadFile
@@ -35,8 +37,8 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from classifier.errors import ClassifierError
-from classifier.heatmap import png
-from classifier.model import Classifier, Prediction
+from classifier.heatmap import jpeg, overlay, overlay_cost
+from classifier.model import Classified, Classifier, Prediction
 from classifier.options import TOP_K
 from classifier.preprocess import ImageError, ImageTooLargeError, UnsupportedImageError
 from service import metrics, request_id
@@ -53,6 +55,16 @@ SPOOL_BYTES = 1024 * 1024
 """Uploads up to this size stay in memory; larger ones are spooled to disk."""
 BATCH_FILES = 16
 """The most files ``POST /classify/batch`` takes, all within ``MAX_UPLOAD_BYTES`` together."""
+MAX_EXPLAINED_K = 10
+"""The most classes an answer with ``explain=true`` names: each adds a heatmap (the page
+shows 5)."""
+MAX_OVERLAY_BYTES = 384 * 1024
+"""The largest overlay JPEG: a photo's is ~100 to 300 kB at quality 85; noise, which
+JPEG cannot compress, is sent at a lower quality, then a smaller size, to stay within."""
+OVERLAY_QUALITIES = (85, 70, 50)
+OVERLAY_PREFIX = "data:image/jpeg;base64,"
+FILE_NAME_CHARS = 255
+"""The most characters of a batch file's name echoed back (a file system's limit)."""
 
 
 class PredictionOut(BaseModel):
@@ -78,12 +90,18 @@ class ClassificationOut(BaseModel):
     overlay: str | None = Field(
         None,
         description="With `explain=true`: the top class's heatmap over the photo (upright, at "
-        "most 1024 pixels a side), a PNG in base64",
+        f"most 1024 pixels a side), a JPEG of at most {MAX_OVERLAY_BYTES // 1024} KiB as a "
+        f"data URL (`{OVERLAY_PREFIX}...`), ready for an `<img src>`",
+        examples=[f"{OVERLAY_PREFIX}/9j/4AAQSkZJRg..."],
     )
 
 
 class FileResultOut(BaseModel):
-    file: str = Field(examples=["cat.jpg"], description="The file's name, as the form sent it")
+    file: str = Field(
+        examples=["cat.jpg"],
+        description=f"The file's name, as the form sent it (its first {FILE_NAME_CHARS} "
+        "characters)",
+    )
     predictions: list[PredictionOut] | None = Field(None, description="As `/classify` gives them")
     overlay: str | None = Field(None, description="With `explain=true`, as on `/classify`")
     error: str | None = Field(
@@ -112,6 +130,48 @@ class MissingUploadError(ImageError):
 
 class MalformedUploadError(ImageError):
     """A multipart body that cannot be parsed, or with more than the one file."""
+
+
+class TooManyHeatmapsError(ClassifierError):
+    """``explain=true`` with a ``k`` over ``MAX_EXPLAINED_K``."""
+
+    status = 422
+    outcome = "bad_request"
+
+
+def check_explained_k(k: int, explain: bool) -> None:
+    if explain and k > MAX_EXPLAINED_K:
+        raise TooManyHeatmapsError(
+            f"With explain=true, k is at most {MAX_EXPLAINED_K} (each class adds a heatmap): "
+            f"ask for fewer classes, or leave explain out."
+        )
+
+
+def bounded_jpeg(image: Image.Image, limit: int = MAX_OVERLAY_BYTES) -> bytes:
+    """JPEG bytes of ``image``, at most ``limit`` of them: at a lower quality, then at half
+    the size, as far as it takes (what no photo needs, but noise does)."""
+    while True:
+        for quality in OVERLAY_QUALITIES:
+            encoded = jpeg(image, quality)
+            if len(encoded) <= limit:
+                return encoded
+        image = image.reduce(2)
+
+
+def explained_answer_bytes(heatmap_shape: tuple[int, int], longest_label: int) -> int:
+    """The most bytes of JSON one file's answer with ``explain=true`` takes in a batch,
+    at ``k = MAX_EXPLAINED_K``.
+
+    Each value is counted at its longest: a heatmap's float at 24 bytes (Python's
+    longest repr of a float32, ``1.401298464324817e-45``, with its comma), a character
+    of the file's name or a label at 6 (a JSON escape, ``\\u0000``); keys and
+    punctuation at a generous 128 bytes a prediction and 256 a file.
+    """
+    rows, columns = heatmap_shape
+    heatmap = rows * (columns * 24 + 2) + 2
+    prediction = 128 + 6 * longest_label + 24 + 12 + heatmap
+    overlay_chars = len(OVERLAY_PREFIX) + 4 * math.ceil(MAX_OVERLAY_BYTES / 3)
+    return 256 + 6 * FILE_NAME_CHARS + MAX_EXPLAINED_K * prediction + overlay_chars
 
 
 HTTP_MESSAGES = {
@@ -369,13 +429,20 @@ def build_api(classifier: Classifier, metrics_token: str | None = None) -> FastA
         if not explain:
             return classification_out(classifier.classify(upload, k), model)
         classified = classifier.classify_photo(upload, k, explain=True)
-        image = classifier.overlay(classified.photo, classified.predictions[0].heatmap)
-        overlay = base64.b64encode(png(image)).decode("ascii")
-        return classification_out(classified.predictions, model, overlay)
+        return classification_out(classified.predictions, model, overlay_url(classified))
+
+    def overlay_url(classified: Classified) -> str:
+        """The top class's overlay as a JPEG data URL, drawn and encoded under one
+        reservation of the memory budget (its buffers are gone once it returns)."""
+        photo = classified.photo
+        with classifier.budget.reserve(overlay_cost(photo)):
+            drawn = overlay(photo, classified.predictions[0].heatmap)
+            encoded = bounded_jpeg(drawn)
+        return OVERLAY_PREFIX + base64.b64encode(encoded).decode("ascii")
 
     async def file_result(upload: UploadFile, k: int, explain: bool) -> FileResultOut:
         """One file of a batch: its answer, or its error, which fails it alone."""
-        name = upload.filename or ""
+        name = (upload.filename or "")[:FILE_NAME_CHARS]
         try:
             with metrics.observed("batch"):
                 if (upload.size or 0) > MAX_UPLOAD_BYTES:
@@ -388,17 +455,39 @@ def build_api(classifier: Classifier, metrics_token: str | None = None) -> FastA
             return FileResultOut(file=name, error=str(error))
         return FileResultOut(file=name, predictions=answered.predictions, overlay=answered.overlay)
 
-    k_query = Annotated[int, Query(ge=1, le=classes, description="How many classes")]
+    k_query = Annotated[
+        int,
+        Query(
+            ge=1,
+            le=classes,
+            description=f"How many classes (at most {MAX_EXPLAINED_K} with `explain=true`)",
+        ),
+    ]
     explain_query = Annotated[
         bool, Query(description="Add each class's heatmap and the top one over the photo")
     ]
+    explained_batch_doc = ""
+    if metadata.heatmap is not None:
+        rows, columns = metadata.heatmap.feature_map.shape[1:3]
+        longest_label = max(len(name) for _, name in classifier.labels)
+        most = BATCH_FILES * explained_answer_bytes((rows or 0, columns or 0), longest_label)
+        most += 1024 + len(model.model_dump_json())
+        explained_batch_doc = (
+            f" With `explain=true` the answer is at most {most:,} bytes ({BATCH_FILES} files, "
+            f"each with {MAX_EXPLAINED_K} heatmaps of {rows} x {columns} and an overlay of at "
+            f"most {MAX_OVERLAY_BYTES // 1024} KiB)."
+        )
     failures = {
         code: {"model": ErrorOut, "description": description}
         for code, description in (
             (400, "An unreadable, truncated or corrupt image"),
             (413, "A file or image over the limits"),
             (415, "Not an image type the app reads"),
-            (422, "A bad `k`, or `explain` for a model without a heatmap"),
+            (
+                422,
+                f"A bad `k` (over {MAX_EXPLAINED_K} with `explain`), or `explain` for a "
+                "model without a heatmap",
+            ),
             (500, "A bug: the answer names the request's id, which its log lines carry"),
             (503, "Saturated or shutting down: retry after `Retry-After` seconds"),
         )
@@ -416,6 +505,7 @@ def build_api(classifier: Classifier, metrics_token: str | None = None) -> FastA
         request: Request, k: k_query = TOP_K, explain: explain_query = False
     ) -> ClassificationOut | Response:
         classifier.check_explain(explain)
+        check_explained_k(k, explain)
         with metrics.observed("classify"):
             upload = await read_upload(request)
             try:
@@ -429,7 +519,8 @@ def build_api(classifier: Classifier, metrics_token: str | None = None) -> FastA
         summary=f"Classify up to {BATCH_FILES} images at once",
         description="Each file is answered on its own, in the order sent: its predictions as "
         "`/classify` gives them, or its `error`. The request fails only when the form does "
-        f"(not multipart, no field `files`, more than {BATCH_FILES} files, over 20 MB in all).",
+        f"(not multipart, no field `files`, more than {BATCH_FILES} files, over 20 MB in all)."
+        + explained_batch_doc,
         responses=failures,
         openapi_extra=BATCH_DOC,
         response_model_exclude_none=True,
@@ -438,6 +529,7 @@ def build_api(classifier: Classifier, metrics_token: str | None = None) -> FastA
         request: Request, k: k_query = TOP_K, explain: explain_query = False
     ) -> BatchOut:
         classifier.check_explain(explain)
+        check_explained_k(k, explain)
         form, uploads = await read_form_files(request)
         try:
             results = await asyncio.gather(*(file_result(upload, k, explain) for upload in uploads))

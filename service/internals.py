@@ -20,6 +20,8 @@ import http
 import inspect
 import json
 import logging
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -64,7 +66,7 @@ def check() -> None:
         problems.append("gradio: an image's upload payload has no `path`")
     problems += gradio_upload_problems(probe)
     problems += uvicorn_protocol_problems()
-    if list(inspect.signature(uvicorn.Server.handle_exit).parameters) != ["self", "sig", "frame"]:
+    if parameters(uvicorn_handle_exit()) != ["self", "sig", "frame"]:
         problems.append("uvicorn: Server.handle_exit no longer takes (self, sig, frame)")
     server = uvicorn.Server(uvicorn.Config(app=lambda *args: None, log_config=None))
     if not isinstance(getattr(server, "_captured_signals", None), list):
@@ -81,6 +83,17 @@ def check() -> None:
     for name, verified in VERIFIED.items():
         if version(name) != verified:
             log.warning("%s %s: internals verified with %s only", name, version(name), verified)
+
+
+def uvicorn_handle_exit() -> Callable[..., None]:
+    """uvicorn's own ``Server.handle_exit``, through the wrapper sse-starlette puts on it when
+    imported (by Gradio's MCP support, where ``mcp`` is installed), which passes every call on."""
+    handle_exit = uvicorn.Server.handle_exit
+    if handle_exit.__qualname__ == "AppStatus.handle_exit":
+        from sse_starlette.sse import AppStatus
+
+        return AppStatus.original_handler  # type: ignore[no-any-return]
+    return handle_exit
 
 
 def parameters(function: Callable[..., object]) -> list[str]:
@@ -122,12 +135,17 @@ def uvicorn_protocol_problems() -> list[str]:
         "data_received": ["self", "data"],
         "connection_lost": ["self", "exc"],
         "on_response_complete": ["self"],
+        "send_400_response": ["self", "msg"],
     }
     problems = [
         f"uvicorn: H11Protocol.{name} no longer takes ({', '.join(args)})"
         for name, args in expected.items()
         if parameters(getattr(H11Protocol, name, lambda: None)) != args
     ]
+    if "self.conn = h11.Connection(" not in inspect.getsource(H11Protocol.__init__):
+        problems.append("uvicorn: H11Protocol no longer makes its h11 connection as it starts")
+    if "self.send_400_response(" not in inspect.getsource(H11Protocol.handle_events):
+        problems.append("uvicorn: H11Protocol no longer answers h11's errors by send_400_response")
     if "self.response_started" not in inspect.getsource(RequestResponseCycle.__init__):
         problems.append("uvicorn: RequestResponseCycle has no response_started")
     if not hasattr(h11.Connection, "trailing_data"):
@@ -277,10 +295,95 @@ class ConnectionLimits:
     header_timeout: float
     body_timeout: float
     max_header_bytes: int
+    max_per_peer: int | None = None
+    """Connections one address may hold open; ``None``: no cap (behind a proxy, every
+    connection comes from the proxy)."""
+
+
+class PeerConnections:
+    """How many connections each address holds open, and whether it may open another.
+
+    Used from the event loop's thread only, as a protocol's callbacks are.
+    """
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self._open: Counter[str] = Counter()
+
+    def open(self, peer: str) -> bool:
+        """Count a new connection from ``peer``; False (and not counted) past the cap."""
+        if self.limit is not None and self._open[peer] >= self.limit:
+            return False
+        self._open[peer] += 1
+        return True
+
+    def close(self, peer: str) -> None:
+        self._open[peer] -= 1
+        if self._open[peer] <= 0:
+            del self._open[peer]
+
+
+class FramingError(h11.RemoteProtocolError):
+    """A request whose body's length could be read two ways (RFC 9112, section 6.1)."""
+
+
+class StrictConnection(h11.Connection):
+    """h11's connection, refusing what it reads one way and a proxy in front may read
+    another (request smuggling), and keeping the protocol error that ends a connection.
+
+    h11 takes only ``Transfer-Encoding: chunked`` (in one header; any other
+    coding is 501) and equal ``Content-Length`` duplicates, but given both
+    headers it frames the body by its chunks and keeps the connection open, and
+    it unfolds a header continued on the next line (obsolete line folding): a
+    proxy that read the length, or took the folded line for a header of its
+    own, would see another request in the same bytes. Both are answered 400
+    and the connection closed, as RFC 9112 allows (sections 5.2 and 6.1).
+    """
+
+    refused: h11.RemoteProtocolError | None = None
+
+    def next_event(self) -> Any:
+        try:
+            if self.their_state is h11.IDLE:
+                self._refuse_folded_headers()
+            event = super().next_event()
+        except h11.RemoteProtocolError as error:
+            self.refused = error
+            raise
+        if isinstance(event, h11.Request):
+            names = {name for name, _ in event.headers}
+            if {b"transfer-encoding", b"content-length"} <= names:
+                self.refused = FramingError(
+                    "A request may carry Content-Length or Transfer-Encoding, not both.", 400
+                )
+                raise self.refused
+        return event
+
+    def _refuse_folded_headers(self) -> None:
+        """The next request's head, once it is all here, must have no folded line."""
+        buffered = self.trailing_data[0]
+        end = HEAD_END.search(buffered)
+        if end and FOLDED_LINE.search(buffered, 0, end.start()):
+            raise FramingError("A header may not be folded onto the next line.", 400)
+
+
+HEAD_END = re.compile(rb"\r?\n\r?\n")
+"""Where a request's head ends (h11 takes bare newlines too)."""
+FOLDED_LINE = re.compile(rb"\n[ \t]")
+"""A line that continues the header above it."""
+
+
+PROTOCOL_REFUSALS = {
+    400: "The request is not valid HTTP/1.1.",
+    431: "The request's headers are too large.",
+    501: "The only Transfer-Encoding taken is chunked, in one header.",
+}
+"""What a client is told when h11 cannot read its request, by h11's status for it."""
 
 
 class BoundedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, with the timers it lacks and 431 for oversized headers.
+    """uvicorn's h11 protocol, with the timers it lacks, 431 for oversized headers, a cap
+    on connections per address, and refusals in the API's shape.
 
     uvicorn arms its keep-alive timer only after an answer: a connection that
     never sends a request, trickles its headers or trickles its body is held
@@ -289,16 +392,38 @@ class BoundedH11Protocol(H11Protocol):
     (between requests uvicorn's keep-alive timer closes idle connections),
     and its body within ``body_timeout`` of its headers (408); headers over
     ``max_header_bytes`` are answered 431.
+
+    An address (the kernel's peer: where no proxy stands in front, the client)
+    past ``max_per_peer`` open connections gets a 503 and its connection closed
+    as soon as it opens, so that one address cannot hold every connection
+    ``MAX_CONNECTIONS`` allows. A request h11 cannot read, or framed two ways
+    (``StrictConnection``), is answered in the API's shape and the connection
+    closed.
     """
 
-    def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, limits: ConnectionLimits, peers: PeerConnections, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.conn = StrictConnection(h11.SERVER, limits.max_header_bytes)
         self._limits = limits
+        self._peers = peers
+        self._peer: str | None = None
         self._phase: object = None
         self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):  # an IP address: not a Unix socket
+            if not self._peers.open(peer[0]):
+                self._refuse(
+                    503,
+                    "Too many connections from your address: close some, then retry.",
+                    {"retry-after": "1"},
+                )
+                return
+            self._peer = peer[0]
         self._follow()
 
     def data_received(self, data: bytes) -> None:
@@ -323,7 +448,20 @@ class BoundedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
+        if self._peer is not None:
+            self._peers.close(self._peer)
+            self._peer = None
         super().connection_lost(exc)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request h11 could not read: here with h11's status for it
+        (400, 431, 501) and a message for people, in the API's shape."""
+        refused = self.conn.refused
+        status = getattr(refused, "error_status_hint", 400)
+        if isinstance(refused, FramingError):
+            self._refuse(status, str(refused))
+        else:
+            self._refuse(status, PROTOCOL_REFUSALS.get(status, PROTOCOL_REFUSALS[400]))
 
     def on_response_complete(self) -> None:
         self._cancel()  # idle now: uvicorn's keep-alive timer takes over
@@ -359,12 +497,13 @@ class BoundedH11Protocol(H11Protocol):
         else:
             self.transport.close()
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         """Answer ``status`` in the API's error shape and close (h11's state is moot then)."""
         body = json.dumps({"error": message}).encode()
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         head = (
             f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
-            "content-type: application/json\r\nconnection: close\r\n"
+            f"content-type: application/json\r\nconnection: close\r\n{extra}"
             f"content-length: {len(body)}\r\n\r\n"
         )
         self.transport.write(head.encode() + body)
@@ -373,4 +512,5 @@ class BoundedH11Protocol(H11Protocol):
 
 def bounded_protocol(limits: ConnectionLimits) -> Callable[..., asyncio.Protocol]:
     """What ``uvicorn.Config(http=...)`` takes to build each connection's protocol."""
-    return functools.partial(BoundedH11Protocol, limits=limits)
+    peers = PeerConnections(limits.max_per_peer)
+    return functools.partial(BoundedH11Protocol, limits=limits, peers=peers)

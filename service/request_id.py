@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics
+from service.logs import EscapingFormatter
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,11 @@ class RequestIdFilter(logging.Filter):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """One format for the app's, uvicorn's and Gradio's log lines, with the request id."""
+    """One format for the app's, uvicorn's and Gradio's log lines, with the request id,
+    each record one line whatever a client sent (``service.logs``)."""
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(EscapingFormatter(LOG_FORMAT))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     # libvips' own progress ("VIPS: thumbnailing source", ...), relayed by pyvips at
     # INFO: several lines for every large decode, none of them news to an operator.

@@ -7,9 +7,11 @@ classifications under way finish (``DRAIN_TIMEOUT`` s at most), then closes
 and exits 0. A second signal stops it at once.
 
 Every connection has a deadline for its headers and its body, idle ones
-close, headers have a size cap (431), and past ``MAX_CONNECTIONS`` open
+close, headers have a size cap (431), past ``MAX_CONNECTIONS`` open
 connections new requests get a quick 503 (``internals.BoundedH11Protocol``
-and ``Draining``). ``/healthz`` is answered through all of it.
+and ``Draining``), and where no proxy stands in front one address may hold
+at most ``MAX_CONNECTIONS_PER_PEER`` of them. ``/healthz`` is answered
+through all of it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.internals import ConnectionLimits, HookedSignalServer, bounded_protocol
+from service.logs import printed_lines_logged
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,7 +106,11 @@ class GracefulServer:
         self.draining = Draining(app, crowded=self._crowded)
         self.max_connections = settings.max_connections
         limits = ConnectionLimits(
-            settings.header_timeout, settings.body_timeout, settings.max_header_bytes
+            settings.header_timeout,
+            settings.body_timeout,
+            settings.max_header_bytes,
+            # Behind a router every connection is the router's: no cap per address.
+            None if settings.forwarded_hops else settings.max_connections_per_peer,
         )
         config = uvicorn.Config(
             self.draining,
@@ -122,8 +129,9 @@ class GracefulServer:
         return len(self.server.server_state.connections) > self.max_connections
 
     def run(self) -> None:
-        """Serve until stopped, then return."""
-        self.server.run()
+        """Serve until stopped, then return; what libraries print meanwhile is logged."""
+        with printed_lines_logged():
+            self.server.run()
 
     def stop(self) -> None:
         """Stop at once (from any thread), as after a failed warm-up."""

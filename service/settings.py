@@ -126,6 +126,14 @@ class Settings(BaseSettings):
         description="open connections past which new requests get a quick 503 with "
         "`Retry-After` (`/healthz` is always answered)",
     )
+    max_connections_per_peer: int = Field(
+        32,
+        ge=1,
+        description="open connections one address may hold where no proxy stands in front "
+        "(`FORWARDED_HOPS=0`): its next ones get a quick 503 and are closed, so that one "
+        "address cannot take every connection of `MAX_CONNECTIONS`. Off behind a router "
+        "(`FORWARDED_HOPS` 1 or more), where every connection comes from the router",
+    )
     queue_per_client: int = Field(
         8,
         ge=1,

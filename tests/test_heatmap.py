@@ -362,8 +362,10 @@ def test_rest_explain_returns_maps_and_the_top_overlay(
         assert answered["index"] == prediction.index
         assert np.asarray(answered["heatmap"]).shape == (8, 8)
         np.testing.assert_allclose(answered["heatmap"], prediction.heatmap, atol=1e-6)
-    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay"])))
-    assert overlay.format == "PNG"
+    prefix = "data:image/jpeg;base64,"
+    assert body["overlay"].startswith(prefix)
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay"].removeprefix(prefix))))
+    assert overlay.format == "JPEG"
     assert overlay.size == Image.open(CAT_PHOTO).size
 
 

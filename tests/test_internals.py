@@ -75,13 +75,16 @@ async def _push(self: object, body: object, request: object) -> None:
         ("gradio.route_utils.GradioMultiPartParser", "__init__", _lacking),
         ("uvicorn.protocols.http.h11_impl.H11Protocol", "data_received", lambda self: None),
         ("uvicorn.protocols.http.h11_impl.RequestResponseCycle", "__init__", _lacking),
+        ("uvicorn.protocols.http.h11_impl.H11Protocol", "send_400_response", lambda self: None),
+        ("uvicorn.protocols.http.h11_impl.H11Protocol", "handle_events", _lacking),
+        ("uvicorn.protocols.http.h11_impl.H11Protocol", "__init__", _lacking),
     ],
 )
 def test_an_upgrade_that_breaks_an_upload_or_connection_internal_stops_the_app(
     module: str, attribute: str, replacement: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What the upload check, the queue cap, the upload clean-up and the connection
-    deadlines reach into."""
+    """What the upload check, the queue cap, the upload clean-up, the connection
+    deadlines and the framing check reach into."""
     monkeypatch.setattr(f"{module}.{attribute}", replacement)
     with pytest.raises(internals.InternalsError, match=r"service/internals\.py relies on"):
         internals.check()

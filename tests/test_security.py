@@ -30,6 +30,7 @@ from service.page import UPLOAD_FILES
 from service.settings import Settings
 from tests.support.harness import Instance, classify, serving, wait_for
 from tests.support.photos import CAT_PHOTO
+from tests.support.sockets import closed_within
 
 DEFAULTS = Settings()
 DEADLINES = {"HEADER_TIMEOUT": "2", "KEEP_ALIVE_TIMEOUT": "2", "BODY_TIMEOUT": "4"}
@@ -416,24 +417,6 @@ def test_a_good_upload_is_kept_for_its_classification_only(
 
 
 # --- holding the server -------------------------------------------------------
-
-
-def closed_within(connection: socket.socket, seconds: float) -> bytes:
-    """What the server sent before it closed ``connection``; fails if it is still open."""
-    connection.settimeout(seconds)
-    received = b""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            data = connection.recv(65536)
-        except TimeoutError:
-            break
-        except ConnectionResetError:
-            return received
-        if not data:
-            return received
-        received += data
-    raise AssertionError(f"still open after {seconds} s; got {received[:200]!r}")
 
 
 def test_headers_trickled_are_cut(served: Served) -> None:
