@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -50,65 +51,67 @@ def procfile_command(script: str = "app.py") -> str:
 
 
 class ProcessMemory:
-    """A process tree's memory as a dyno counts it: every process, a shared page once.
+    """An app's memory as a dyno counts it: the server and its decoder processes together.
 
-    The app is a server, and a zygote it starts that forks the decoder workers,
-    which share the zygote's pages. The server and its direct children (each
-    a program of its own) count their resident pages; a process forked below
-    them counts only its private pages (USS), the rest being its parent's.
-    Peaks are the kernel's high-water marks (``VmHWM``: exact and free to
-    read, where sampling from here would take CPU from the app), a forked
-    worker's added to its private pages; peaks of processes that did not peak
-    together are summed, so a peak is an upper bound. Pages of libraries
-    that the server and the zygote both map count twice: also an upper bound.
+    The server counts its resident pages; its decoders (a zygote and the workers
+    it forks, which share the zygote's pages and the server's libraries) their
+    proportional ones (PSS: a page that n processes map counts 1/n in each), so
+    a page they share is not counted once per process. The server's peak is
+    the kernel's high-water mark (``VmHWM``: exact, and free to read); the
+    decoders' is sampled every ``SAMPLE_S`` by a thread of this process (their
+    peaks last as long as a large decode, hundreds of milliseconds). The two
+    peaks are added: an upper bound, as is counting the libraries the server
+    and the decoders both map more than once.
     """
+
+    SAMPLE_S = 0.05
 
     def __init__(self, pid: int) -> None:
         self._root = psutil.Process(pid)
-
-    def _tree(self) -> list[tuple[psutil.Process, bool]]:
-        """Each process, and whether it was forked from a process of the app's below the root."""
-        try:
-            children = self._root.children()
-            forked = [c for child in children for c in child.children(recursive=True)]
-        except psutil.Error:
-            return []
-        return [(self._root, False), *((c, False) for c in children), *((f, True) for f in forked)]
+        self._decoders_peak = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._sample, name=f"memory of {pid}", daemon=True).start()
 
     @property
     def current(self) -> int:
         """Bytes now."""
-        return sum(
-            counts["Private"] if forked else counts["Rss"] for counts, forked in self._counts()
-        )
+        return self._server("VmRSS") + self._decoders()
 
     def take_peak(self) -> int:
         """The peak bytes since launch or the last call, starting a new window."""
-        peak = sum(
-            counts["Private"] + max(0, counts["VmHWM"] - counts["Rss"])
-            if forked
-            else counts["VmHWM"]
-            for counts, forked in self._counts()
-        )
-        for process, _ in self._tree():
-            with contextlib.suppress(OSError):  # it exited meanwhile
-                Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # resets VmHWM
-        return peak
+        with self._lock:
+            decoders, self._decoders_peak = max(self._decoders_peak, self._decoders()), 0
+        server = self._server("VmHWM")
+        with contextlib.suppress(OSError):  # it exited meanwhile
+            Path(f"/proc/{self._root.pid}/clear_refs").write_text("5")  # resets VmHWM
+        return server + decoders
 
-    def _counts(self) -> list[tuple[dict[str, int], bool]]:
-        """Each live process's resident, private and peak bytes, and whether it was forked."""
-        counts = []
-        for process, forked in self._tree():
-            with contextlib.suppress(OSError):  # it exited meanwhile
-                proc = Path(f"/proc/{process.pid}")
-                text = (proc / "smaps_rollup").read_text() + (proc / "status").read_text()
-                kb = {
-                    name: int(text.split(f"\n{name}:")[1].split()[0]) * 1024
-                    for name in ("Rss", "Private_Clean", "Private_Dirty", "VmHWM")
-                }
-                kb["Private"] = kb["Private_Clean"] + kb["Private_Dirty"]
-                counts.append((kb, forked))
-        return counts
+    def _sample(self) -> None:
+        while self._root.is_running():
+            decoders = self._decoders()
+            with self._lock:
+                self._decoders_peak = max(self._decoders_peak, decoders)
+            time.sleep(self.SAMPLE_S)
+
+    def _server(self, field: str) -> int:
+        return _field(f"/proc/{self._root.pid}/status", field)
+
+    def _decoders(self) -> int:
+        try:
+            children = self._root.children(recursive=True)
+        except psutil.Error:
+            return 0
+        return sum(_field(f"/proc/{child.pid}/smaps_rollup", "Pss") for child in children)
+
+
+def _field(path: str, name: str) -> int:
+    """A ``Name: N kB`` line of a /proc file, in bytes; 0 once the process has exited
+    (a zombie's files lack the line)."""
+    try:
+        _, found, rest = Path(path).read_text().partition(f"\n{name}:")
+    except OSError:
+        return 0
+    return int(rest.split()[0]) * 1024 if found else 0
 
 
 @dataclass
