@@ -230,7 +230,8 @@ class _Reader:
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream = stream
-        self.size = stream.seek(0, io.SEEK_END)
+        stream.seek(0, io.SEEK_END)
+        self.size = stream.tell()
 
     def at(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes at ``offset``: fewer at the end of the file."""
@@ -332,10 +333,10 @@ def _scan_jpeg(reader: _Reader) -> Structure:
 def _skip_entropy_coded(reader: _Reader, position: int, restarts_allowed: int) -> int:
     """Where the coded data starting at ``position`` ends: the next marker's offset.
 
-    Read 64 kB, then twice as much each time up to a megabyte, each 0xFF found and told apart by numpy (a stuffed
-    zero, a restart marker, or the marker that ends the data), so the scan runs
-    at memory speed. Restart markers are counted on the way: no more than the
-    scan's blocks and restart interval allow.
+    Read 64 kB, then twice as much each time up to a megabyte; each 0xFF is found
+    and told apart by numpy (a stuffed zero, a restart marker, or the marker that
+    ends the data), so the scan runs at memory speed. Restart markers are counted
+    on the way: no more than the scan's blocks and restart interval allow.
     """
     restarts, piece = 0, CHUNK
     while True:
@@ -445,7 +446,7 @@ def _scan_gif(reader: _Reader) -> Structure:
         elif introducer == b"!":
             extensions = _count(extensions + 1, MAX_GIF_EXTENSIONS, "extension blocks", GIF)
             label = reader.at(position + 1, 1)
-            position, size = _skip_sub_blocks(reader, position + 2)
+            position, size = _skip_sub_blocks(reader, position + 2, MAX_COMMENT_BYTES)
             if label == b"\xfe":
                 comment_bytes = _count(
                     comment_bytes + size, MAX_COMMENT_BYTES, "bytes of comments", GIF, True
@@ -457,13 +458,14 @@ def _scan_gif(reader: _Reader) -> Structure:
     return Structure(GIF, canvas, max(frames, 1))
 
 
-def _skip_sub_blocks(reader: _Reader, position: int) -> tuple[int, int]:
-    """The offset after a chain of sub-blocks starting at ``position``, and their bytes.
+def _skip_sub_blocks(reader: _Reader, position: int, most: int | None = None) -> tuple[int, int]:
+    """The offset after a chain of sub-blocks starting at ``position``, and their bytes;
+    or, past ``most`` bytes, where the walk stopped.
 
     Read 64 kB at a time and walked in memory, one length byte per 255 data bytes.
     """
     total = 0
-    while True:
+    while most is None or total <= most:
         chunk = reader.at(position, CHUNK)
         if not chunk:
             return position, total
@@ -475,6 +477,7 @@ def _skip_sub_blocks(reader: _Reader, position: int) -> tuple[int, int]:
             total += size
             offset += size + 1
         position += offset
+    return position, total
 
 
 # --- WebP -------------------------------------------------------------------
