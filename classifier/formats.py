@@ -193,7 +193,7 @@ def identify(head: bytes) -> Format:
 
 AVIF_BRANDS = {b"avif", b"avis"}
 HEIC_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
-HEIF_BRANDS = {b"mif1", b"msf1"}
+CONTAINER_BRANDS = {b"mif1", b"msf1"}
 """HEIF's container brands: an image (or sequence) whose codec the other brands name."""
 
 
@@ -206,7 +206,7 @@ def _iso_format(head: bytes) -> Format | None:
         return AVIF
     if major in HEIC_BRANDS:
         return HEIF
-    if major in HEIF_BRANDS:
+    if major in CONTAINER_BRANDS:
         return AVIF if compatible & AVIF_BRANDS else HEIF
     return None
 
@@ -275,8 +275,12 @@ def _scan_jpeg(reader: _Reader) -> Structure:
     canvas = (0, 0)
     while True:
         head = reader.at(position, 4)
-        while head[:2] == b"\xff\xff":  # fill bytes before a marker
-            position += 1
+        if head[:2] == b"\xff\xff":  # fill bytes before a marker: skipped in one read
+            run = reader.at(position, CHUNK)
+            fill = len(run) - len(run.lstrip(b"\xff"))
+            if fill == len(run):
+                raise _malformed(JPEG, "a run of 64 kB of fill bytes")
+            position += fill - 1
             head = reader.at(position, 4)
         if len(head) < 2:
             break  # truncated: the decoder says so

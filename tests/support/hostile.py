@@ -108,6 +108,12 @@ def jpeg_restart_flood(rng: random.Random) -> tuple[str, bytes]:
     return f"{count} restart markers without a restart interval", data[:-2] + markers + data[-2:]
 
 
+def jpeg_fill_flood(rng: random.Random) -> tuple[str, bytes]:
+    count = rng.randint(200_000, 4_000_000)
+    data = photo(rng, "JPEG")
+    return f"{count} fill bytes before a marker", data[:2] + b"\xff" * count + data[2:]
+
+
 def jpeg_exif_overlap(rng: random.Random) -> tuple[str, bytes]:
     exif = b"Exif\x00\x00" + tiff_overlapping(rng, rng.randint(200, 900), 50_000)
     data = photo(rng, "JPEG")
@@ -427,6 +433,7 @@ ATTACKS = [
     Attack("jpeg-app-flood", jpeg_app_flood, 415),
     Attack("jpeg-table-flood", jpeg_table_flood, 415),
     Attack("jpeg-restart-flood", jpeg_restart_flood, 415),
+    Attack("jpeg-fill-flood", jpeg_fill_flood, 415),
     Attack("jpeg-exif-overlap", jpeg_exif_overlap, 415),
     Attack("jpeg-declared-size", jpeg_declared_size, 413, by_scan=False),
     Attack("png-text-flood", png_text_flood, 415),
