@@ -23,14 +23,14 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
 
-def png_declaring(width: int, height: int, rows: bytes = b"\x00" * 64) -> bytes:
-    """A PNG whose header claims ``width`` x ``height`` RGB pixels, holding ``rows``
-    (tiny by default: a bomb)."""
+def png_declaring(width: int, height: int, compressed: bytes | None = None) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` RGB pixels, holding the
+    ``compressed`` rows (by default 64 bytes: a bomb)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (
         b"\x89PNG\r\n\x1a\n"
         + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IDAT", compressed or zlib.compress(b"\x00" * 64))
         + png_chunk(b"IEND", b"")
     )
 
