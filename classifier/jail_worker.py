@@ -44,7 +44,8 @@ WEBP_CANVAS_BYTES = 12
 RGBA canvases libwebp allocates as Pillow reads the header, and the RGBA frame libvips
 allocates for its shrinking decode."""
 REFUSALS = {"ImageError", "ImageTooLargeError", "UnsupportedImageError"}
-"""The errors a worker reports by name: the user's, with their message."""
+"""The errors a worker reports by name (a subclass by the nearest of them): the user's,
+with their message and status."""
 
 
 class NotAdmittedError(Exception):
@@ -166,8 +167,7 @@ def decode_one(conn: Connection, job: dict[str, Any]) -> bool:
         send_json(conn, {"stopped": "memory"})
         return True
     except ImageError as error:
-        name = type(error).__name__
-        kind = name if name in REFUSALS else "ImageError"
+        kind = next(kind.__name__ for kind in type(error).__mro__ if kind.__name__ in REFUSALS)
         retiring = job.get("cost", 0) >= TRIM_AFTER
         send_json(conn, {"error": kind, "message": str(error), "retiring": retiring})
         return retiring

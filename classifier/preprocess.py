@@ -38,7 +38,8 @@ import numpy as np
 import pyvips
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from classifier.errors import ClassifierError
+from classifier import formats
+from classifier.formats import ImageError, ImageTooLargeError, UnsupportedImageError
 from classifier.options import BASE_COST, DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -123,31 +124,10 @@ _ORIENTATIONS = {
 """EXIF orientation -> the transposition that makes the image upright."""
 _SWAPS_SIDES = {5, 6, 7, 8}
 """EXIF orientations that turn the image a quarter turn."""
-HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"}
-HEIF_BRANDS |= {b"mif1", b"msf1"}  # HEIF's container brands (AVIF's too: Pillow tries it first)
-"""An ISO media file's major brands (bytes 8 to 12, after ``ftyp``) that pillow-heif reads."""
-FORMATS = "JPEG, PNG, GIF, WebP, BMP, TIFF, AVIF or HEIC"
-
-
-class ImageError(ClassifierError, ValueError):
-    """An input that cannot be classified; the message is meant for the user."""
-
-    status = 400
-    outcome = "bad_image"
-
-
-class ImageTooLargeError(ImageError):
-    """An image with more pixels than the configured limit."""
-
-    status = 413
-    outcome = "too_large"
-
-
-class UnsupportedImageError(ImageError):
-    """A file that is not an image in a format the app reads."""
-
-    status = 415
-    outcome = "unsupported"
+FORMATS = formats.ACCEPTED
+ANIMATED_WEBP_COST_PER_PIXEL = 6
+"""An animated WebP's canvas: libwebp composes the first frame onto it in full, RGBA,
+whatever its frames' sizes, and libvips cannot shrink it on load (measured 5.5)."""
 
 
 CORRUPT = "The image file is truncated or corrupt: it could not be decoded."
@@ -215,7 +195,10 @@ configure_vips()  # safe for every importer; the app sets its thread count from 
 def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open an image lazily, refusing non-images and oversized images early.
 
-    Only the header is read here, so a decompression bomb costs nothing.
+    The file's format must be one of ``FORMATS`` by its bytes, and its structure
+    pass ``formats.scan``, before Pillow opens it with that format's plugin
+    alone. Only headers are read, so a decompression bomb costs nothing. An
+    ``Image.Image`` was decoded by the caller already: it is trusted as it is.
     """
     if isinstance(source, Image.Image):
         image = source
@@ -224,6 +207,8 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
             source = io.BytesIO(source)
         try:
             image = _open_checked(source)
+        except ImageError:
+            raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             log.info("Decompression bomb refused: %s", error)
             raise ImageTooLargeError(
@@ -249,28 +234,21 @@ def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Ima
 
 
 def _open_checked(source: str | Path | BinaryIO) -> Image.Image:
-    """``Image.open`` with Pillow's bomb warning an error; a HEIF file loads its plugin first."""
+    """The file scanned, then opened by its format's Pillow plugin alone (a HEIF file
+    loads pillow-heif first), with Pillow's bomb warning an error; what the scan
+    learned goes in the image's ``info`` for ``decode_cost``."""
+    structure = formats.scan(source)
+    if structure.format is formats.HEIF:
+        _register_heif()
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            return Image.open(source)
-        except UnidentifiedImageError:
-            if not _is_heif(source):
-                raise
-            _register_heif()
-            return Image.open(source)
+        image = Image.open(source, formats=structure.format.plugins)
+    image.info[STRUCTURE] = structure
+    return image
 
 
-def _is_heif(source: str | Path | BinaryIO) -> bool:
-    """Whether the file starts as a HEIF file does: an ``ftyp`` box with a HEIF brand."""
-    if isinstance(source, str | Path):
-        with open(source, "rb") as stream:
-            head = stream.read(12)
-    else:
-        source.seek(0)
-        head = source.read(12)
-        source.seek(0)
-    return head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
+STRUCTURE = "structure"
+"""The key of ``Image.info`` that holds the upload's ``formats.Structure``."""
 
 
 @functools.cache
@@ -311,7 +289,10 @@ def decode_cost(image: Image.Image, source: ImageSource) -> int:
             return BASE_COST + _jpeg_coefficient_bytes(image)
         return BASE_COST + int(SCALED_COST_PER_PIXEL * pixels)
     if image.format == "WEBP":
-        return BASE_COST + int(SCALED_COST_PER_PIXEL * pixels)
+        structure = image.info.get(STRUCTURE)
+        animated = structure is not None and structure.animated
+        per_pixel = ANIMATED_WEBP_COST_PER_PIXEL if animated else SCALED_COST_PER_PIXEL
+        return BASE_COST + int(per_pixel * pixels)
     # A palette expands to RGB, and transparency adds an alpha band.
     colours = 3 if image.mode == "P" else len(image.getbands())
     bands = colours + ("transparency" in image.info)

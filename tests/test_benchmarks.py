@@ -30,6 +30,7 @@ SMOKE_RUNS = {
     "explain": ["--repeats", "2", "--requests", "2"],
     "fuzz": ["--cases", "20", "--page-cases", "4", "--clients", "2"],
     "large_images": ["--photos", "2"],
+    "scan": ["--photos", "2", "--hostile", "36"],
     "slug": ["--variant", "ours", "--top", "2"],
     "batch": ["--repeats", "1"],
     "oci_image": [],

@@ -18,17 +18,20 @@ def cat() -> Image.Image:
     return Image.open(CAT_PHOTO).convert("RGB")
 
 
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` pixels."""
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    body = kind + data
+    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
+def png_declaring(width: int, height: int, compressed: bytes | None = None) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` RGB pixels, holding the
+    ``compressed`` rows (by default 64 bytes: a bomb)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\x00" * 64)
     return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", compressed or zlib.compress(b"\x00" * 64))
+        + png_chunk(b"IEND", b"")
     )
 
 
