@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 
 from benchmarks.common import burst
@@ -27,6 +29,7 @@ from classifier.metadata import Preprocessing
 from classifier.options import MB, AdmissionOptions
 from tests.support.budgets import uploads_timeout
 from tests.support.harness import serving
+from tests.support.hostile import ATTACKS, hostile_files
 from tests.support.images import LARGE, write_large_images
 
 MEASURE = """
@@ -203,4 +206,31 @@ def test_the_hostile_burst_is_all_classified_within_450_mb(
         peak = instance.memory.take_peak()
     assert result.errors == []
     assert len(result.latencies) == uploads
+    assert peak < TREE_PEAK_BAR, f"{peak / MB:.0f} MB"
+
+
+GENERATED_ATTACKS = 3 * len(ATTACKS)
+
+
+@uploads_timeout(GENERATED_ATTACKS)
+def test_generated_hostile_files_are_refused_or_classified_within_450_mb(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """Every attack of ``tests.support.hostile`` three times (seeded), 8 clients at once
+    over REST: each answered as the user's fault or classified, never a 5xx, and the
+    server with its decoders under 450 MB."""
+    files = list(hostile_files(seed=29, count=GENERATED_ATTACKS))
+    with serving(model_path, tmp_path / "app.log") as instance:
+        instance.memory.take_peak()
+
+        def send(named: tuple[str, bytes]) -> tuple[str, int]:
+            with httpx.Client(base_url=instance.url, timeout=600) as client:
+                answer = client.post("classify", files={"file": ("upload", named[1])})
+            return named[0], answer.status_code
+
+        with ThreadPoolExecutor(HOSTILE_CLIENTS) as pool:
+            statuses = dict(pool.map(send, files))
+        peak = instance.memory.take_peak()
+    assert {name: status for name, status in statuses.items() if status >= 500} == {}
+    assert set(statuses.values()) <= {200, 400, 413, 415, 422}
     assert peak < TREE_PEAK_BAR, f"{peak / MB:.0f} MB"
