@@ -14,7 +14,7 @@ import json
 import math
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -126,8 +126,9 @@ ANSWER_HEADERS = frozenset(
 )
 """What Gradio's answers may carry: nothing of the request comes back in them."""
 SIMPLE_RANGE = re.compile(rb"bytes=(\d{1,15})-(\d{1,15})")
-SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:[/\\]|[/\\]{2}")
-"""The start of a URL that names a host: ``scheme:/``, ``scheme:\\``, or ``//host``."""
+SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:[/\\]|(?:https?|ftp|wss?|file):|[/\\]{2}")
+"""The start of a URL that names a host: ``scheme:/``, ``scheme:\\``, ``//host``, or a
+scheme that URL parsers give a host even without slashes (``http:host``)."""
 URL_NOISE = re.compile(r"[\t\n\r]")
 """What URL parsers drop anywhere in a URL (WHATWG), so ``ht<TAB>tp://`` is ``http://``."""
 
@@ -161,8 +162,9 @@ class PageGuard:
     """ASGI app around the page: only ``PAGE_ROUTES`` reach it, as each route expects.
 
     For each request: its row in the table, or 404; its body parsed as that
-    route takes it (an event's JSON bounded, every URL in it refused, every
-    file it names one the page holds) and handed on as parsed; the file route
+    route takes it (an event's JSON bounded, naming one of the page's
+    ``events``, every URL in it refused, every file it names one the page
+    holds) and handed on as parsed; the file route
     serves held files only; every request header the route does not need
     dropped, and every answer header but ``ANSWER_HEADERS``. Gradio's own
     upload-folder check (``internals.check_uploads``) stays behind this one.
@@ -171,9 +173,10 @@ class PageGuard:
     is the API's to answer (404, or 405 where the API has that path).
     """
 
-    def __init__(self, app: ASGIApp, held: Callable[[str], bool]) -> None:
+    def __init__(self, app: ASGIApp, held: Callable[[str], bool], events: Collection[int]) -> None:
         self.app = app
         self.held = held
+        self.events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -219,6 +222,9 @@ class PageGuard:
         payload = parse_json(await read_body(scope, receive))
         if not isinstance(payload, dict):
             raise RefusedError(400, "A page event is a JSON object.")
+        event = payload.get("fn_index")
+        if event is not None and (type(event) is not int or event not in self.events):
+            raise RefusedError(400, "The page has no such event.")
         return json.dumps(self.checked(payload, depth=0)).encode()
 
     def checked(self, value: Any, depth: int) -> Any:

@@ -370,5 +370,5 @@ def mount(api: FastAPI, demo: gr.Blocks, settings: Settings) -> FastAPI:
         app_kwargs={"exception_handlers": error_handlers(api, framework_prefix=GRADIO_API)},
     )
     page = next(route for route in api.routes if isinstance(route, Mount) and route.path == "")
-    page.app = PageGuard(page.app, held=internals.holds(demo))
+    page.app = PageGuard(page.app, internals.holds(demo), internals.page_events(demo))
     return mounted
