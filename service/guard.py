@@ -61,20 +61,21 @@ class RouteKind:
     serves_files: bool = False
 
 
-# Every kind: the URL Gradio writes into its answers comes from these.
-URL_HEADERS = frozenset({b"host", b"x-forwarded-proto", b"accept-encoding"})
+EVERY_ROUTE = frozenset({b"host", b"x-forwarded-proto", b"accept-encoding"})
+"""The URLs Gradio writes into its answers come from the first two; its compression from
+the third."""
 CACHING = frozenset({b"if-none-match", b"if-modified-since"})
 BODY = frozenset({b"content-type", b"content-length"})
-STATIC = RouteKind(None, URL_HEADERS | CACHING)
+STATIC = RouteKind(None, EVERY_ROUTE | CACHING)
 """The page and what it loads: HTML, scripts, styles, fonts, its config."""
-FILE = RouteKind(None, URL_HEADERS | CACHING | {b"range"}, serves_files=True)
+FILE = RouteKind(None, EVERY_ROUTE | CACHING | {b"range"}, serves_files=True)
 """A file the page holds (an upload, an example, a heatmap), served back to show it."""
-STREAM = RouteKind(None, URL_HEADERS)
+STREAM = RouteKind(None, EVERY_ROUTE)
 """Server-sent events: an event's progress and result, an upload's progress, a heartbeat."""
-EVENT = RouteKind(JSON, URL_HEADERS | BODY | {b"x-forwarded-for", b"x-request-id"})
+EVENT = RouteKind(JSON, EVERY_ROUTE | BODY | {b"x-forwarded-for", b"x-request-id"})
 """A page event: ``X-Forwarded-For`` tells clients apart for the queue's cap, and
 ``X-Request-ID`` goes on the event's log lines."""
-UPLOAD = RouteKind(MULTIPART, URL_HEADERS | BODY)
+UPLOAD = RouteKind(MULTIPART, EVERY_ROUTE | BODY)
 """A photo's bytes, stored for an event to name (Gradio's parser: one form, its files)."""
 
 
@@ -120,7 +121,6 @@ ANSWER_HEADERS = frozenset(
         b"etag",
         b"last-modified",
         b"vary",
-        b"location",
         b"retry-after",
     }
 )

@@ -31,6 +31,7 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 from starlette.routing import Mount, compile_path
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketDisconnect
 
 from classifier.assets import EXAMPLE_PHOTOS
 from classifier.model import Classifier
@@ -377,6 +378,14 @@ class TestRoutesAreAnAllowList:
                 body = {"files": {"files": ("cat.png", b"png", "image/png")}}
             expected = (method, template) in allowed
             assert reached(stand_in, method, path, **body) is expected, (method, path)
+
+    def test_no_websocket_reaches_gradio(self, stand_in: tuple[TestClient, StandIn]) -> None:
+        client, recorder = stand_in
+        before = len(recorder.seen)
+        for path in ("/gradio_api/queue/join", "/gradio_api/queue/data", "/"):
+            with pytest.raises(WebSocketDisconnect), client.websocket_connect(path):
+                pass
+        assert len(recorder.seen) == before
 
     @pytest.mark.parametrize("template", TEMPLATES)
     def test_every_other_method_of_a_route_is_404(self, served: Served, template: str) -> None:
