@@ -456,6 +456,39 @@ FILE_ROUTES = {
 """Every spelling of the file route, and whether it reaches the route itself."""
 
 
+def held_spellings(path: str) -> list[str]:
+    """Other spellings of a held file's path, which Gradio would resolve to it or near it."""
+    folder, name = path.rsplit("/", 1)
+    return [
+        "/" + path,
+        path + "/",
+        f"{folder}/./{name}",
+        f"{folder}/x/../{name}",
+        f"{folder}//{name}",
+        f"{folder}\\{name}",
+        f"{folder}/{name.upper()}",
+        f"{folder}/{name}%00",
+        f"{folder}/{name}\x00.png",
+        quote(quote(path, safe=""), safe=""),  # the server decodes it once, not twice
+        f"file://{path}",
+        "../" * 8 + path.lstrip("/"),
+    ]
+
+
+class TestOnlyHeldFilesAreServed:
+    """The file route serves a file the page holds as its path is written, and no other."""
+
+    def test_a_held_file_is_served(self, served: Served, held: str) -> None:
+        status, _, body = served.request("GET", f"/gradio_api/file={held}")
+        assert (status, body) == (200, CAT_PHOTO.read_bytes())
+
+    def test_another_spelling_of_it_is_refused(self, served: Served, held: str) -> None:
+        for spelling in held_spellings(held):
+            status, _, body = served.request("GET", f"/gradio_api/file={spelling}")
+            assert status in (400, 403), (spelling, status)
+            assert body != CAT_PHOTO.read_bytes()
+
+
 JSON_TYPES = {
     "application/json",
     "Application/JSON",
