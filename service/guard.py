@@ -129,6 +129,8 @@ SIMPLE_RANGE = re.compile(rb"bytes=(\d{1,15})-(\d{1,15})")
 SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:[/\\]|(?:https?|ftp|wss?|file):|[/\\]{2}")
 """The start of a URL that names a host: ``scheme:/``, ``scheme:\\``, ``//host``, or a
 scheme that URL parsers give a host even without slashes (``http:host``)."""
+PLAIN = re.compile(r"[ -$&-9;-\[\]-~]*")
+"""Printable ASCII but ``:``, ``%`` and ``\\``: no URL parser makes a URL's scheme of it."""
 URL_NOISE = re.compile(r"[\t\n\r]")
 """What URL parsers drop anywhere in a URL (WHATWG), so ``ht<TAB>tp://`` is ``http://``."""
 
@@ -261,6 +263,8 @@ def is_url(text: str) -> bool:
     """Whether ``text`` names a host in any spelling a client or a URL parser accepts:
     any scheme in any case, ``//host``, backslashes, percent-encoded (even twice),
     full-width, with blanks around or tabs and newlines inside."""
+    if PLAIN.fullmatch(text) and not text.lstrip(" ").startswith("//"):
+        return False  # most strings of an event: printable ASCII with no colon, % or \\
     for _ in range(4):
         decoded = unquote(text)
         if decoded == text:
