@@ -103,10 +103,15 @@ PAGE_ROUTES = (
     PageRoute("GET", "/gradio_api/queue/data", STREAM),  # the queued events' results
     PageRoute("GET", "/gradio_api/heartbeat/{session_hash}", STREAM),  # a tab's state kept
     PageRoute("POST", "/gradio_api/run/predict", EVENT),  # unqueued: an example's pick, a clear
+    PageRoute("POST", "/gradio_api/call/predict", EVENT),  # curl, as "Use via API" shows
+    PageRoute("GET", "/gradio_api/call/predict/{event_id}", STREAM),  # ... and its result
+    PageRoute("POST", "/gradio_api/call/predict_many", EVENT),  # the same for several photos
+    PageRoute("GET", "/gradio_api/call/predict_many/{event_id}", STREAM),
     PageRoute("GET", "/gradio_api/file={path_or_url:path}", FILE),  # photos, examples, heatmaps
 )
-"""The page's routes, found with a real browser and ``gradio_client`` on Gradio 6.31
-(docs/design/serving.md says how, and how to add one): the only requests Gradio sees.
+"""The page's routes, found with a real browser, ``gradio_client`` and the page's "Use
+via API" on Gradio 6.31 (docs/design/serving.md says how, and how to add one): the only
+requests Gradio sees. The public endpoints are ``/predict`` and ``/predict_many``.
 A new page event needs no row (events are named in the body); a new Gradio route
 that the page starts using needs one."""
 ANSWER_HEADERS = frozenset(
