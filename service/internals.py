@@ -65,6 +65,8 @@ def check() -> None:
     if "path" not in ImageData.model_fields:
         problems.append("gradio: an image's upload payload has no `path`")
     problems += gradio_upload_problems(probe)
+    if not isinstance(getattr(probe, "fns", None), dict):
+        problems.append("gradio: Blocks.fns no longer maps the page's events by their fn_index")
     problems += uvicorn_protocol_problems()
     if parameters(uvicorn_handle_exit()) != ["self", "sig", "frame"]:
         problems.append("uvicorn: Server.handle_exit no longer takes (self, sig, frame)")
@@ -200,6 +202,11 @@ def holds(demo: Any) -> Callable[[str], bool]:
         return isinstance(path, str) and any(path in files for files in sets)
 
     return held
+
+
+def page_events(demo: Any) -> frozenset[int]:
+    """The ids a client names the page's events by (``fn_index``): ``Blocks.fns``' keys."""
+    return frozenset(demo.fns)
 
 
 def check_uploads(demo: Any) -> None:

@@ -12,7 +12,7 @@ import gradio as gr
 import numpy as np
 from fastapi import FastAPI
 from PIL import Image
-from starlette.middleware import Middleware
+from starlette.routing import Mount
 
 from classifier.errors import ClassifierError
 from classifier.heatmap import jpeg
@@ -22,7 +22,6 @@ from classifier.options import TOP_K
 from service import internals, metrics, request_id
 from service.api import BATCH_FILES, error_handlers
 from service.guard import NOT_UPLOADED, PageGuard, client_of
-from service.request_id import RequestContext
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -346,12 +345,14 @@ def page_error(error: Exception) -> gr.Error:
 
 
 def mount(api: FastAPI, demo: gr.Blocks, settings: Settings) -> FastAPI:
-    """The page at ``/`` of ``api``; paths it does not know get the API's error shape.
+    """The page at ``/`` of ``api``, behind ``PageGuard``; paths it does not know get the
+    API's error shape.
 
     What ``launch()`` would switch on and the mount does not is switched on
     here: Gradio's check that a payload's file is an upload, and monitoring
-    off. ``PageGuard`` goes inside ``RequestContext``, so its refusals carry
-    the request id too.
+    off. ``PageGuard`` wraps the page itself, between the API's router and
+    Gradio: it sees exactly the requests the router hands the page, inside the
+    API's middleware (its refusals carry the request id too).
     """
     internals.check_uploads(demo)
     internals.clean_up_failed_uploads(UPLOAD_FILES)
@@ -365,8 +366,9 @@ def mount(api: FastAPI, demo: gr.Blocks, settings: Settings) -> FastAPI:
         max_file_size=MAX_FILE_SIZE,
         show_error=False,
         enable_monitoring=False,
+        run_history=False,  # its routes are closed: no footer link to them
         app_kwargs={"exception_handlers": error_handlers(api, framework_prefix=GRADIO_API)},
     )
-    inside = next(i for i, m in enumerate(api.user_middleware) if m.cls is RequestContext) + 1
-    api.user_middleware.insert(inside, Middleware(PageGuard, held=internals.holds(demo)))
+    page = next(route for route in api.routes if isinstance(route, Mount) and route.path == "")
+    page.app = PageGuard(page.app, internals.holds(demo), internals.page_events(demo))
     return mounted
