@@ -211,6 +211,7 @@ def stored_labels(url: str) -> dict[int, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 400 classifications and more, on a shared machine
 def test_a_burst_through_two_instances_stores_exactly_what_was_acknowledged(
     cluster: PostgresCluster, model_path: Path, tmp_path: Path
 ) -> None:
@@ -224,6 +225,7 @@ def test_a_burst_through_two_instances_stores_exactly_what_was_acknowledged(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 400 classifications and more, on a shared machine
 def test_an_instance_killed_mid_burst_loses_nothing_it_acknowledged(
     cluster: PostgresCluster, model_path: Path, tmp_path: Path
 ) -> None:
@@ -245,6 +247,7 @@ def test_an_instance_killed_mid_burst_loses_nothing_it_acknowledged(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 400 classifications and more, on a shared machine
 def test_a_database_restarted_mid_burst_is_503_then_stores_again(
     cluster: PostgresCluster, model_path: Path, tmp_path: Path
 ) -> None:
