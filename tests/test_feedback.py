@@ -43,7 +43,7 @@ from service.feedback.__main__ import main as feedback_command
 from service.feedback.export import folder_names
 from service.feedback.schema import VERSION, feedback, migrate, schema_version
 from service.feedback.store import Store, engine_url
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 from tests.support.harness import free_port
 from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
 from tests.support.postgres import PostgresCluster, postgres_cluster
@@ -264,6 +264,15 @@ def test_instances_making_the_sqlite_salt_at_once_agree_on_one(tmp_path: Path) -
     assert len(keys.pop()) == 64
     assert path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["feedback.salt"]
+
+
+def test_a_database_url_of_another_kind_stops_the_app_at_start(classifier: Classifier) -> None:
+    settings = Settings(database_url="mysql://user:hunter2@db.example/feedback")
+    with pytest.raises(SettingsError) as refused:
+        Feedback.from_settings(classifier, settings)
+    assert refused.value.exit_code == 2
+    assert "'mysql'" in str(refused.value)
+    assert "hunter2" not in str(refused.value)
 
 
 def test_heroku_urls_become_psycopg_with_ssl_required() -> None:
