@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import unicodedata
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -226,6 +227,27 @@ def test_a_database_that_cannot_be_reached_is_a_503_with_retry_after(
     assert down.value.headers["Retry-After"] == "30"
     assert "hunter2" not in caplog.text
     assert "cannot be reached" in str(down.value)
+
+
+def test_a_heroku_database_over_its_plan_is_full_not_down(cluster: PostgresCluster) -> None:
+    """Over its storage, Heroku Postgres leaves the app a credential that may only read,
+    delete and truncate: a write is refused as a full store (507), not an outage."""
+    url = cluster.new_database()
+    owner = Store(url)
+    owner.add(correction("before"), ROOMY)
+    role = f"restricted_{uuid.uuid4().hex[:8]}"
+    with owner.engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql(
+            f"GRANT SELECT, DELETE, TRUNCATE ON feedback, schema_version TO {role}"
+        )
+    restricted = Store(url.replace("//postgres@", f"//{role}@"))
+    with pytest.raises(StoreFullError) as full:
+        restricted.add(correction("after"), ROOMY)
+    assert full.value.status == 507
+    assert restricted.purge(datetime.now(UTC) + timedelta(days=1)) == 1  # what it may do
+    for store in (owner, restricted):
+        store.engine.dispose()
 
 
 def test_feedback_off_is_off_with_how_to_turn_it_on(classifier: Classifier, tmp_path: Path) -> None:
