@@ -28,6 +28,7 @@ from sqlalchemy import insert, select, text, update
 
 from classifier.assets import ROOT
 from classifier.model import Classifier
+from classifier.preprocess import UnsupportedImageError
 from service.feedback import (
     Correction,
     Feedback,
@@ -46,7 +47,7 @@ from service.feedback.schema import VERSION, feedback, migrate, schema_version
 from service.feedback.store import Store, engine_url
 from service.settings import Settings, SettingsError
 from tests.support.harness import free_port
-from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
+from tests.support.photos import CAT_PHOTO
 from tests.support.postgres import PostgresCluster, postgres_cluster
 
 ROOMY = Limits(per_hour=1000, max_items=100_000, max_bytes=2**40)
@@ -128,21 +129,41 @@ def test_a_correction_stores_our_jpeg_the_answer_and_no_address(
     assert before - timedelta(seconds=1) <= created <= datetime.now(UTC) + timedelta(seconds=1)
 
 
-def test_the_pages_answer_is_stored_without_classifying_again(
-    classifier: Classifier, database_url: str, monkeypatch: pytest.MonkeyPatch
+def test_the_pages_answer_and_photo_are_stored_without_decoding_or_classifying_again(
+    classifier: Classifier, database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    shown = classifier.classify_photo(phone_photo(tmp_path / "phone.jpg"))  # the page showed it
+
     def no_model_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("classified again")
 
     monkeypatch.setattr(classifier, "predict_explained", no_model_run)
     answered = {"tabby": 0.7, "tiger cat": 0.2, "Egyptian cat": 0.1}
     identifier = service(classifier, database_url).send(
-        COFFEE_PHOTO, "my own class", "198.51.100.1", answered=answered
+        shown.photo, "my own class", "198.51.100.1", answered=answered
     )
     row = stored(database_url, identifier)
     assert row["answered"] == [["tabby", 0.7], ["tiger cat", 0.2], ["Egyptian cat", 0.1]]
     assert (row["predicted"], row["label"], row["known"]) == ("tabby", "my own class", False)
-    assert max(Image.open(io.BytesIO(row["photo"])).size) <= 640
+    assert Image.open(io.BytesIO(row["photo"])).size == (480, 640)  # 768 x 1024, made 640
+
+
+def test_the_pages_answer_with_an_upload_keeps_the_answer_and_decodes_as_classify_does(
+    classifier: Classifier, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes never reach a decoder but through the classifier (its limits, its jail)."""
+    decoded: list[object] = []
+    classify_photo = classifier.classify_photo
+    monkeypatch.setattr(
+        classifier, "classify_photo", lambda *a, **k: decoded.append(a) or classify_photo(*a, **k)
+    )
+    url = f"sqlite:///{tmp_path / 'feedback.sqlite3'}"
+    answered = {"tabby": 0.9, "lynx": 0.1}
+    identifier = service(classifier, url).send(CAT_PHOTO, "cat", "a", answered=answered)
+    assert len(decoded) == 1
+    assert stored(url, identifier)["answered"] == [["tabby", 0.9], ["lynx", 0.1]]
+    with pytest.raises(UnsupportedImageError):
+        service(classifier, url).send(b"not an image", "cat", "a", answered=answered)
 
 
 def refused_labels() -> Iterator[tuple[str, str]]:

@@ -195,9 +195,14 @@ class Feedback:
         answered: dict[str, float] | None = None,
         request_id: str | None = None,
     ) -> int:
-        """Store one correction; returns its id. With ``answered`` (the page's top-k, label ->
-        probability) the photo is not classified again; without, it is classified once, and
-        that decode also gives the photo to keep."""
+        """Store one correction; returns its id.
+
+        ``answered`` (the page's top-k, label -> probability) is stored as the model's
+        answer; with it, a ``photo`` the page already decoded (a PIL image, such as
+        ``Classified.photo``) is kept as it is, neither decoded nor classified again.
+        Any other photo goes through the classifier once, as every upload does (its
+        decoder, memory budget and limits), and that decode gives the photo to keep.
+        """
         if not self.enabled:
             raise FeedbackOffError(self.off_message or "Feedback is off.")
         label = checked_text(label, "label")
@@ -205,13 +210,16 @@ class Feedback:
         request_id = checked_request_id(request_id)
         client_hash = self.client_hash(client)
         self.store.check_room(client_hash, self.limits, time.time() - RATE_WINDOW_S)
-        if answered is None:
-            classified = self.classifier.classify_photo(photo, TOP_K, photo_side=PHOTO_SIDE)
-            top = [(p.label, p.probability) for p in classified.predictions]
-            kept = classified.photo
+        from PIL import Image
+
+        if answered is not None and isinstance(photo, Image.Image):
+            kept = photo
         else:
-            top = sorted(answered.items(), key=lambda item: -item[1])
-            kept = decoded_photo(self.classifier, photo)
+            classified = self.classifier.classify_photo(photo, TOP_K, photo_side=PHOTO_SIDE)
+            kept = classified.photo
+            if answered is None:
+                answered = {p.label: p.probability for p in classified.predictions}
+        top = sorted(answered.items(), key=lambda item: -item[1])
         metadata = self.classifier.metadata
         correction = Correction(
             model_name=metadata.name,
@@ -333,22 +341,6 @@ def checked_request_id(value: str | None) -> str | None:
             "digits and `._:-`, at most 200)."
         )
     return value
-
-
-def decoded_photo(classifier: Classifier, photo: ImageSource) -> Image.Image:
-    """The upright photo, at most ``PHOTO_SIDE`` a side, from one decode in the classifier's
-    memory budget, without running the model."""
-    from classifier.preprocess import decode_with_photo
-
-    decoded = decode_with_photo(
-        photo,
-        classifier.metadata.preprocessing,
-        classifier.max_pixels,
-        classifier.budget.reserve,
-        PHOTO_SIDE,
-    )
-    assert decoded.photo is not None
-    return decoded.photo
 
 
 def jpeg(photo: Image.Image) -> bytes:
