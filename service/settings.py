@@ -170,7 +170,6 @@ class Settings(BaseSettings):
     )
     feedback_salt: SecretStr | None = Field(
         None,
-        min_length=16,
         description="the key of the client hash stored with each correction; unset, derived "
         "from `DATABASE_URL` (its password), or kept beside the SQLite file",
     )
