@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -30,7 +31,7 @@ from sqlalchemy import select
 from classifier.assets import ROOT
 from service.feedback.schema import feedback
 from service.feedback.store import Store
-from tests.support.harness import balanced, classify, serving, wait_for
+from tests.support.harness import Balancer, balanced, classify, serving, wait_for
 from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO, imagenet_sample_photos
 from tests.support.postgres import PostgresCluster, postgres_cluster
 
@@ -204,6 +205,16 @@ class Burst:
             return len([a for a in self.answers if status is None or a[1] == status])
 
 
+@contextmanager
+def two_instances(
+    cluster: PostgresCluster, model_path: Path, folder: Path
+) -> Iterator[tuple[str, Balancer]]:
+    """A fresh database, and two instances on it behind HAProxy with no rate in the way."""
+    url = cluster.new_database()
+    with balanced(model_path, folder, DATABASE_URL=url, FEEDBACK_RATE="10000") as balancer:
+        yield url, balancer
+
+
 def stored_labels(url: str) -> dict[int, str]:
     store = Store(url)
     with store.engine.connect() as connection:
@@ -212,13 +223,18 @@ def stored_labels(url: str) -> dict[int, str]:
     return rows
 
 
+def assert_stored(url: str, acknowledged: dict[int, str]) -> None:
+    """Every acknowledged correction is in the database, under its id, with its label."""
+    stored = stored_labels(url)
+    assert {i: stored.get(i) for i in acknowledged} == acknowledged
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # 400 classifications and more, on a shared machine
 def test_a_burst_through_two_instances_stores_exactly_what_was_acknowledged(
     cluster: PostgresCluster, model_path: Path, tmp_path: Path
 ) -> None:
-    url = cluster.new_database()
-    with balanced(model_path, tmp_path, DATABASE_URL=url, FEEDBACK_RATE="10000") as balancer:
+    with two_instances(cluster, model_path, tmp_path) as (url, balancer):
         burst = Burst(balancer.url)
         burst.run()
     assert [status for _, status, _, _ in burst.answers] == [201] * CLIENTS * EACH
@@ -231,8 +247,7 @@ def test_a_burst_through_two_instances_stores_exactly_what_was_acknowledged(
 def test_an_instance_killed_mid_burst_loses_nothing_it_acknowledged(
     cluster: PostgresCluster, model_path: Path, tmp_path: Path
 ) -> None:
-    url = cluster.new_database()
-    with balanced(model_path, tmp_path, DATABASE_URL=url, FEEDBACK_RATE="10000") as balancer:
+    with two_instances(cluster, model_path, tmp_path) as (url, balancer):
         burst = Burst(balancer.url)
         with ThreadPoolExecutor(1) as background:
             sending = background.submit(burst.run)
@@ -242,9 +257,8 @@ def test_an_instance_killed_mid_burst_loses_nothing_it_acknowledged(
             victim.process.wait()
             sending.result()  # what failed in the clients fails here
     acknowledged = burst.acknowledged()
-    stored = stored_labels(url)
     assert 100 <= len(acknowledged) < CLIENTS * EACH
-    assert {i: stored.get(i) for i in acknowledged} == acknowledged
+    assert_stored(url, acknowledged)
     assert {status for _, status, _, _ in burst.answers} <= {201, 502, 503, 0}
 
 
@@ -253,8 +267,7 @@ def test_an_instance_killed_mid_burst_loses_nothing_it_acknowledged(
 def test_a_database_restarted_mid_burst_is_503_then_stores_again(
     cluster: PostgresCluster, model_path: Path, tmp_path: Path
 ) -> None:
-    url = cluster.new_database()
-    with balanced(model_path, tmp_path, DATABASE_URL=url, FEEDBACK_RATE="10000") as balancer:
+    with two_instances(cluster, model_path, tmp_path) as (url, balancer):
         burst = Burst(balancer.url, retry=True)
         with (
             ThreadPoolExecutor(1) as background,
@@ -277,5 +290,4 @@ def test_a_database_restarted_mid_burst_is_503_then_stores_again(
     assert sorted(acknowledged.values()) == sorted(
         f"burst {c} {n}" for c in range(CLIENTS) for n in range(EACH)
     )  # every correction stored once the database was back, without restarting the app
-    stored = stored_labels(url)
-    assert {i: stored.get(i) for i in acknowledged} == acknowledged
+    assert_stored(url, acknowledged)
