@@ -22,6 +22,7 @@ from classifier.errors import ClassifierError
 from classifier.model import Classifier, ModelError
 from classifier.preprocess import configure_vips
 from service.deferred import defer_import, hidden
+from service.feedback import Feedback
 from service.metrics import PrometheusObserver
 from service.request_id import configure_logging
 from service.settings import help_text, load_settings
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             observer=PrometheusObserver(),
             isolate=True,
         )
+        feedback = Feedback.from_settings(classifier, settings)
         # Gradio takes seconds to import: a broken model is reported before that.
         lighten_gradio()
         from service import internals
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from service.page import build_demo, mount
     from service.server import GracefulServer
 
-    api = build_api(classifier, metrics_token=settings.metrics_token)
+    api = build_api(classifier, metrics_token=settings.metrics_token, feedback=feedback)
     app = mount(api, build_demo(classifier, EXAMPLE_PHOTOS), settings)
     server = GracefulServer(app, settings)
     failure: list[ModelError] = []

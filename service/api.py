@@ -42,6 +42,7 @@ from classifier.model import Classified, Classifier, Prediction
 from classifier.options import TOP_K
 from classifier.preprocess import ImageError, ImageTooLargeError, UnsupportedImageError
 from service import metrics, request_id
+from service.feedback import Feedback
 from service.guard import SecurityHeaders
 from service.request_id import RequestContext
 
@@ -297,9 +298,12 @@ async def read_form_file(request: Request) -> BinaryIO:
     return upload.file
 
 
-async def parse_form(request: Request, max_files: int, hint: str) -> FormData:
-    """The multipart form, of at most ``max_files`` files; ``hint`` says what to send instead."""
-    parser = MultiPartParser(request.headers, request.stream(), max_files=max_files, max_fields=1)
+async def parse_form(request: Request, max_files: int, hint: str, max_fields: int = 1) -> FormData:
+    """The multipart form, of at most ``max_files`` files and ``max_fields`` other fields;
+    ``hint`` says what to send instead."""
+    parser = MultiPartParser(
+        request.headers, request.stream(), max_files=max_files, max_fields=max_fields
+    )
     try:
         return await parser.parse()
     except MultiPartException as error:
@@ -399,10 +403,13 @@ def classification_out(
     )
 
 
-def build_api(classifier: Classifier, metrics_token: str | None = None) -> FastAPI:
+def build_api(
+    classifier: Classifier, metrics_token: str | None = None, feedback: Feedback | None = None
+) -> FastAPI:
     """The REST routes over ``classifier``; mount the page on it afterwards.
 
     ``metrics_token``: if set, ``/metrics`` answers only that bearer token.
+    ``feedback``: if on, ``POST /feedback`` stores corrections there.
     """
     metadata = classifier.metadata
     classes = metadata.classes
@@ -558,4 +565,8 @@ def build_api(classifier: Classifier, metrics_token: str | None = None) -> FastA
             )
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    if feedback is not None and feedback.enabled:
+        from service.feedback.api import feedback_router
+
+        api.include_router(feedback_router(feedback))
     return api

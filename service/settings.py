@@ -14,7 +14,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -153,6 +153,45 @@ class Settings(BaseSettings):
         min_length=1,
         description="if set, `/metrics` answers only `Authorization: Bearer <token>`; "
         "unset, it is public (Heroku's metrics read it)",
+    )
+    # --- feedback (service.feedback; docs/feedback.md) ---
+    feedback: bool = Field(
+        True,
+        description="`0` (or `off`) removes `POST /feedback` and the page's feedback controls",
+    )
+    database_url: SecretStr | None = Field(
+        None,
+        description="the PostgreSQL database feedback is kept in (`postgres://...`, as "
+        "Heroku Postgres sets it; SSL required unless the URL has `?sslmode=disable`); "
+        "unset, an SQLite file in `DATA_DIR`",
+    )
+    data_dir: Path = Field(
+        ROOT / "data", description="where the SQLite feedback store lives (git-ignored)"
+    )
+    feedback_db: Path | None = Field(
+        None, description="the SQLite file instead of `DATA_DIR/feedback.sqlite3`"
+    )
+    feedback_rate: int = Field(
+        30, ge=1, description="corrections one client may send in an hour: past it, 429"
+    )
+    feedback_max_items: int = Field(
+        10000, ge=1, description="corrections the store keeps: past it, 507 until purged"
+    )
+    feedback_max_mb: int = Field(
+        800,
+        ge=1,
+        description="megabytes of photos the store keeps (Heroku Postgres' smallest plan "
+        "holds 1 GB): past it, 507 until purged",
+    )
+    feedback_salt: SecretStr | None = Field(
+        None,
+        description="the key of the client hash stored with each correction; unset, derived "
+        "from `DATABASE_URL` (its password), or kept beside the SQLite file",
+    )
+    dyno: str | None = Field(
+        None,
+        description="set by Heroku on its dynos: there, without `DATABASE_URL`, feedback is "
+        "off (the disk is wiped at every restart)",
     )
     malloc_mmap_threshold_: int = Field(
         2097152,
