@@ -319,10 +319,11 @@ def decoded_photo(classifier: Classifier, photo: ImageSource) -> Image.Image:
 
 
 def jpeg(photo: Image.Image) -> bytes:
-    """The photo as we encode it: a baseline JPEG, no metadata from the upload."""
-    if max(photo.size) > PHOTO_SIDE:
-        photo = photo.copy()
-        photo.thumbnail((PHOTO_SIDE, PHOTO_SIDE))
+    """The photo as we encode it: a baseline JPEG of its pixels, nothing else of the upload's
+    (Pillow would carry a JPEG comment over from ``info``)."""
+    clean = photo.convert("RGB")  # a copy
+    clean.info.clear()
+    clean.thumbnail((PHOTO_SIDE, PHOTO_SIDE))
     encoded = io.BytesIO()
-    photo.convert("RGB").save(encoded, "JPEG", quality=JPEG_QUALITY)
+    clean.save(encoded, "JPEG", quality=JPEG_QUALITY)
     return encoded.getvalue()

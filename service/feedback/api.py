@@ -13,6 +13,7 @@ from service import metrics
 from service.api import (
     MAX_UPLOAD_BYTES,
     ErrorOut,
+    MalformedUploadError,
     MissingUploadError,
     UploadTooLargeError,
     _too_large_message,
@@ -100,6 +101,12 @@ def feedback_router(feedback: Feedback) -> APIRouter:
                 request, 1, "send the image as `file` and its label as `label`", len(FIELDS)
             )
             try:
+                unknown = sorted(set(form.keys()) - {"file", *FIELDS})
+                if unknown:
+                    raise MalformedUploadError(
+                        f"The form has a field {unknown[0][:40]!r} it does not take: send "
+                        "`file`, `label` and, if you like, `predicted` and `request_id`."
+                    )
                 upload = form.get("file")
                 if not isinstance(upload, UploadFile):
                     raise MissingUploadError("Send the image as the multipart form field `file`.")

@@ -208,7 +208,7 @@ class Store:
                     created_at=datetime.now(UTC),
                     model_name=correction.model_name,
                     model_sha256=correction.model_sha256,
-                    answered=[[label, round(p, 6)] for label, p in correction.answered],
+                    answered=[[label, p] for label, p in correction.answered],
                     label=correction.label,
                     known=correction.known,
                     predicted=correction.predicted,
@@ -222,24 +222,35 @@ class Store:
         assert identifier is not None
         return int(identifier)
 
-    def labels(self, since: datetime | None = None, only_wrong: bool = False) -> list[str]:
+    def last_id(self) -> int:
+        """The newest row's id (0 if none): an export covers the rows up to here."""
+        with self._connection() as connection:
+            return connection.scalar(select(func.coalesce(func.max(feedback.c.id), 0)))
+
+    def labels(
+        self, since: datetime | None = None, only_wrong: bool = False, upto: int | None = None
+    ) -> list[str]:
         """The distinct labels of the rows ``rows`` gives."""
         query = select(feedback.c.label).distinct()
         with self._connection() as connection:
-            return list(connection.scalars(filtered(query, since, only_wrong)))
+            return list(connection.scalars(filtered(query, since, only_wrong, upto)))
 
-    def rows(self, since: datetime | None = None, only_wrong: bool = False) -> Iterator[Row]:
-        """Every row from ``since`` (the wrong answers only, with ``only_wrong``), oldest
-        first, fetched ``EXPORT_BATCH`` at a time (a server-side cursor on PostgreSQL)."""
+    def rows(
+        self, since: datetime | None = None, only_wrong: bool = False, upto: int | None = None
+    ) -> Iterator[Row]:
+        """Every row from ``since`` (the wrong answers only, with ``only_wrong``; up to the id
+        ``upto``), oldest first, fetched ``EXPORT_BATCH`` at a time (a server-side cursor on
+        PostgreSQL)."""
         columns = [
             feedback.c.id,
             feedback.c.created_at,
             feedback.c.label,
             feedback.c.predicted,
             feedback.c.model_name,
+            feedback.c.model_sha256,
             feedback.c.photo,
         ]
-        query = filtered(select(*columns), since, only_wrong).order_by(feedback.c.id)
+        query = filtered(select(*columns), since, only_wrong, upto).order_by(feedback.c.id)
         with self._connection() as connection:
             yield from connection.execution_options(yield_per=EXPORT_BATCH).execute(query)
 
@@ -251,13 +262,15 @@ class Store:
             ).rowcount
 
 
-def filtered(query: Any, since: datetime | None, only_wrong: bool) -> Any:
+def filtered(query: Any, since: datetime | None, only_wrong: bool, upto: int | None) -> Any:
     if since is not None:
         query = query.where(feedback.c.created_at >= since)
     if only_wrong:
         query = query.where(
             or_(feedback.c.predicted.is_(None), feedback.c.predicted != feedback.c.label)
         )
+    if upto is not None:
+        query = query.where(feedback.c.id <= upto)
     return query
 
 
