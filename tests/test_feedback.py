@@ -36,6 +36,7 @@ from service.feedback import (
     RateLimitedError,
     StoreDownError,
     StoreFullError,
+    kept_key,
     off_reason,
 )
 from service.feedback.__main__ import main as feedback_command
@@ -240,6 +241,29 @@ def test_feedback_off_is_off_with_how_to_turn_it_on(classifier: Classifier, tmp_
         off.send(CAT_PHOTO, "tabby", "a")
     assert refused.value.status == 404
     assert not (tmp_path / "feedback.sqlite3").exists()
+
+
+def test_a_data_folder_that_cannot_be_written_is_a_503_and_a_log_line(
+    classifier: Classifier, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "not a folder").write_text("")
+    settings = Settings(data_dir=tmp_path / "not a folder" / "data")
+    sent = Feedback.from_settings(classifier, settings)  # at start: nothing touched
+    assert sent.enabled
+    with pytest.raises(StoreDownError) as down, caplog.at_level(logging.ERROR):
+        sent.send(CAT_PHOTO, "tabby", "a")
+    assert down.value.status == 503
+    assert "set DATABASE_URL, or DATA_DIR to a folder" in caplog.text
+
+
+def test_instances_making_the_sqlite_salt_at_once_agree_on_one(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "feedback.salt"
+    with ThreadPoolExecutor(8) as pool:
+        keys = set(pool.map(lambda _: kept_key(path), range(8)))
+    assert len(keys) == 1
+    assert len(keys.pop()) == 64
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["feedback.salt"]
 
 
 def test_heroku_urls_become_psycopg_with_ssl_required() -> None:

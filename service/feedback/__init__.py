@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import io
 import logging
+import os
 import secrets
 import threading
 import time
@@ -134,7 +135,7 @@ class Feedback:
         classifier: Classifier,
         database_url: str | None,
         limits: Limits,
-        salt: bytes,
+        salt: bytes | Path,
         forwarded_hops: int = 0,
         off_message: str | None = None,
     ) -> None:
@@ -145,6 +146,7 @@ class Feedback:
         self.off_message = off_message
         self.enabled = off_message is None
         self._salt = salt
+        self._key: bytes | None = None
         self._known = {name for _, name in classifier.labels}
         self._store: Store | None = None
         self._store_lock = threading.Lock()
@@ -166,8 +168,9 @@ class Feedback:
             log.info("Feedback is off: %s", off)
         if url is None:
             url = f"sqlite:///{sqlite_path(settings)}"
-        salt = client_salt(settings, url) if not off else b""
-        return cls(classifier, url, limits, salt, settings.forwarded_hops, off)
+        return cls(
+            classifier, url, limits, client_salt(settings, url), settings.forwarded_hops, off
+        )
 
     @property
     def store(self) -> Store:
@@ -177,7 +180,10 @@ class Feedback:
                 from service.feedback.store import Store
 
                 assert self.database_url is not None
-                self._store = Store(self.database_url)
+                try:
+                    self._store = Store(self.database_url)
+                except OSError as error:
+                    raise unwritable(error) from error
             return self._store
 
     def send(
@@ -224,7 +230,12 @@ class Feedback:
     def client_hash(self, client: str) -> str:
         """The client's address, keyed by the salt: the same client, the same hash, and no
         address in the database."""
-        return hmac.new(self._salt, client.encode(), hashlib.sha256).hexdigest()[:32]
+        if self._key is None:
+            try:
+                self._key = self._salt if isinstance(self._salt, bytes) else kept_key(self._salt)
+            except OSError as error:
+                raise unwritable(error) from error
+        return hmac.new(self._key, client.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def off_reason(wanted: bool, database_url: str | None, dyno: str | None) -> str | None:
@@ -256,23 +267,46 @@ def sqlite_path(settings: Settings) -> Path:
     return settings.feedback_db or settings.data_dir / "feedback.sqlite3"
 
 
-def client_salt(settings: Settings, database_url: str) -> bytes:
+def client_salt(settings: Settings, database_url: str) -> bytes | Path:
     """The key of the client hash: ``FEEDBACK_SALT``; else derived from the database's URL,
-    whose password is a secret every instance shares; else (SQLite) a random one kept
-    beside the database file, created on first use."""
+    whose password is a secret every instance shares; else (SQLite) the file beside the
+    database that keeps a random one, created on the first correction."""
     if settings.feedback_salt:
         return settings.feedback_salt.get_secret_value().encode()
     if settings.database_url:
         return hashlib.sha256(b"feedback client salt\0" + database_url.encode()).digest()
-    path = sqlite_path(settings).with_suffix(".salt")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with path.open("x") as created:  # exclusive: two instances agree on one salt
-            path.chmod(0o600)
-            created.write(secrets.token_hex(32))
-    except FileExistsError:
-        pass
+    return sqlite_path(settings).with_suffix(".salt")
+
+
+def kept_key(path: Path) -> bytes:
+    """The random key kept in ``path``, made on first use (only its owner may read it); two
+    instances making it at once agree on one (the first link wins)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        candidate = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        descriptor = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as written:
+            written.write(secrets.token_hex(32))
+        try:
+            os.link(candidate, path)
+        except FileExistsError:
+            pass
+        finally:
+            candidate.unlink()
     return path.read_text().strip().encode()
+
+
+def unwritable(error: OSError) -> StoreDownError:
+    """A data folder the app cannot write: 503, and a log line saying what to do."""
+    log.error(
+        "Feedback cannot be stored in %s (%s): set DATABASE_URL, or DATA_DIR to a folder "
+        "the app may write (a volume that outlives the container), or FEEDBACK=0",
+        error.filename,
+        error.strerror,
+    )
+    return StoreDownError(
+        "Feedback cannot be stored on this server right now.", retry_after=STORE_RETRY_AFTER_S
+    )
 
 
 def checked_text(value: str, field: str) -> str:

@@ -56,19 +56,28 @@ class PostgresCluster:
             os.chown(self.root, server.pw_uid, server.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
 
-    def _run(self, tool: str, *args: str) -> None:
+    def _command(self, tool: str, *args: str) -> list[str]:
         command = [str(self.bindir / tool), *args]
-        if self._as_root:
-            command = ["runuser", "-u", SERVER_USER, "--", *command]
-        subprocess.run(command, check=True, capture_output=True, timeout=120)
+        return ["runuser", "-u", SERVER_USER, "--", *command] if self._as_root else command
+
+    def _run(self, tool: str, *args: str) -> None:
+        subprocess.run(self._command(tool, *args), check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
+        """Start the server, if it is not running."""
+        if self.running:
+            return
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
             f"-c unix_socket_directories={self.root} -c fsync=off -c max_connections=60"
         )
         self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data),
                   "-l", str(self.root / "server.log"), "-o", options)  # fmt: skip
+
+    @property
+    def running(self) -> bool:
+        status = self._command("pg_ctl", "status", "-D", str(self.data))
+        return subprocess.run(status, capture_output=True, timeout=60).returncode == 0
 
     def stop(self) -> None:
         """A fast shutdown: open connections are cut, as when Heroku restarts a database."""
