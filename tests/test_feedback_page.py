@@ -66,6 +66,19 @@ def classify(page: Page, photo: Path) -> None:
     page.get_by_role("button", name="Classify", exact=True).click()
 
 
+def send_wrong(page: Page, typed: str, label: str) -> None:
+    """Wrong: it is ``label``, found among the model's labels by typing ``typed``, once
+    the answer it corrects has come (with it, Send is ready again)."""
+    box = page.locator("#feedback")
+    expect(box.get_by_role("button", name="Send")).to_be_enabled()
+    box.get_by_label("Wrong: it is ...").press_sequentially(typed)
+    page.get_by_role("option", name=label, exact=True).click()
+    box.get_by_role("button", name="Send").click()
+    expect(box.locator("#feedback-status")).to_have_text(
+        f"Thank you: stored, with “{label}” as the right answer."
+    )
+
+
 def top_labels(model_path: Path, photo: Path) -> list[str]:
     return [prediction.label for prediction in Classifier(model_path).classify(photo)]
 
@@ -100,12 +113,7 @@ def test_wrong_it_is_a_label_found_by_typing_part_of_it(
         expect(box.locator("#feedback-status")).to_have_text("")
         assert stored(feedback_app.database) == before, "nothing is stored without a click"
         taken = routes_taken(page)
-        box.get_by_label("Wrong: it is ...").press_sequentially("retriev")
-        page.get_by_role("option", name="golden retriever").click()
-        box.get_by_role("button", name="Send").click()
-        expect(box.locator("#feedback-status")).to_have_text(
-            "Thank you: stored, with “golden retriever” as the right answer."
-        )
+        send_wrong(page, "retriev", "golden retriever")
         expect(box.get_by_role("button", name="Send")).to_be_disabled()
         screenshot(page, "desktop-feedback-wrong")
     (row,) = stored(feedback_app.database)[len(before) :]
