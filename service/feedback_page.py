@@ -89,7 +89,7 @@ def add_feedback(feedback: Feedback, explained: gr.State) -> None:
         """One row in the store for the answer shown; what the visitor is told."""
         request_id.adopt(request.headers)
         if not explained:
-            raise gr.Error("Classify a photo first.", print_exception=False)
+            raise gr.Error("Classify a photo first.", duration=None, print_exception=False)
         label = label.strip()
         if not label:
             raise gr.Error(

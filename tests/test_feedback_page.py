@@ -11,7 +11,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,6 +24,9 @@ from tests.support.harness import free_port, serving
 from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
 from tests.test_browser import DESKTOP, PHONE, Browser, Page, browser, expect, page_on, screenshot
 from tests.test_browser import upload as upload_photo
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Locator
 
 __all__ = ["browser"]  # the module's Chromium, a fixture
 
@@ -77,6 +80,10 @@ def send_wrong(page: Page, typed: str, label: str) -> None:
     expect(box.locator("#feedback-status")).to_have_text(
         f"Thank you: stored, with “{label}” as the right answer."
     )
+
+
+def right_button(page: Page, top: str) -> Locator:
+    return page.get_by_role("button", name=f"Right: it is {top}", exact=True)
 
 
 def top_labels(model_path: Path, photo: Path) -> list[str]:
@@ -150,7 +157,7 @@ def test_right_stores_the_top_label_once(
     before = stored(feedback_app.database)
     with page_on(browser, feedback_app.url, DESKTOP) as page:
         classify(page, COFFEE_PHOTO)
-        right = page.get_by_role("button", name=f"Right: it is {top[0]}", exact=True)
+        right = right_button(page, top[0])
         right.dblclick()
         expect(page.locator("#feedback-status")).to_have_text("Thank you: stored as right.")
         expect(right).to_be_disabled()
@@ -171,7 +178,7 @@ def test_the_gallerys_picked_photo_is_the_one_sent(
         page.locator("#classify-all").click()
         expect(page.locator("#gallery img")).to_have_count(2)
         page.locator("#gallery").get_by_label("Thumbnail 2 of 2").click()
-        right = page.get_by_role("button", name=f"Right: it is {cat[0]}", exact=True)
+        right = right_button(page, cat[0])
         right.click()
         expect(page.locator("#feedback-status")).to_have_text("Thank you: stored as right.")
         # Another pick is another answer: its controls are ready again.
@@ -218,7 +225,7 @@ def test_a_store_that_cannot_be_reached_says_so_and_classification_goes_on(
     app = serving(model_path, tmp_path / "app.log", DATABASE_URL=nobody)
     with app as instance, page_on(browser, instance.url, DESKTOP) as page:
         classify(page, CAT_PHOTO)
-        right = page.get_by_role("button", name=f"Right: it is {top[0]}", exact=True)
+        right = right_button(page, top[0])
         right.click()
         expect(page.get_by_test_id("toast-text")).to_contain_text(
             "The feedback store cannot be reached right now: please try again in a minute."
