@@ -1,4 +1,4 @@
-"""Imports deferred until first use: for what Gradio imports but this app never uses.
+"""Imports deferred until first use, or hidden: for what Gradio imports but this app never uses.
 
 Gradio imports pandas as it starts (for its DataFrame and plot components
 and example caching); the page uses none of them, yet pandas holds 32 MB,
@@ -21,6 +21,8 @@ import logging
 import sys
 import threading
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +57,18 @@ def defer_import(name: str) -> None:
     stand_in.__spec__ = spec
     stand_in.__loader__ = spec.loader
     sys.modules[name] = stand_in
+
+
+@contextmanager
+def hidden(name: str) -> Iterator[None]:
+    """``import name`` fails inside the block, as if it were not installed: for a module a
+    library imports at its own import time only if it can, and this app does not want."""
+    if name in sys.modules:
+        yield
+        return
+    sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not here"
+    try:
+        yield
+    finally:
+        if sys.modules.get(name, ...) is None:
+            del sys.modules[name]

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import unicodedata
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -43,7 +44,7 @@ from service.feedback.__main__ import main as feedback_command
 from service.feedback.export import folder_names
 from service.feedback.schema import VERSION, feedback, migrate, schema_version
 from service.feedback.store import Store, engine_url
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 from tests.support.harness import free_port
 from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO
 from tests.support.postgres import PostgresCluster, postgres_cluster
@@ -228,6 +229,27 @@ def test_a_database_that_cannot_be_reached_is_a_503_with_retry_after(
     assert "cannot be reached" in str(down.value)
 
 
+def test_a_heroku_database_over_its_plan_is_full_not_down(cluster: PostgresCluster) -> None:
+    """Over its storage, Heroku Postgres leaves the app a credential that may only read,
+    delete and truncate: a write is refused as a full store (507), not an outage."""
+    url = cluster.new_database()
+    owner = Store(url)
+    owner.add(correction("before"), ROOMY)
+    role = f"restricted_{uuid.uuid4().hex[:8]}"
+    with owner.engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+        connection.exec_driver_sql(
+            f"GRANT SELECT, DELETE, TRUNCATE ON feedback, schema_version TO {role}"
+        )
+    restricted = Store(url.replace("//postgres@", f"//{role}@"))
+    with pytest.raises(StoreFullError) as full:
+        restricted.add(correction("after"), ROOMY)
+    assert full.value.status == 507
+    assert restricted.purge(datetime.now(UTC) + timedelta(days=1)) == 1  # what it may do
+    for store in (owner, restricted):
+        store.engine.dispose()
+
+
 def test_feedback_off_is_off_with_how_to_turn_it_on(classifier: Classifier, tmp_path: Path) -> None:
     assert off_reason(True, None, None) is None
     assert off_reason(True, "postgres://h/db", "web.1") is None
@@ -264,6 +286,15 @@ def test_instances_making_the_sqlite_salt_at_once_agree_on_one(tmp_path: Path) -
     assert len(keys.pop()) == 64
     assert path.stat().st_mode & 0o777 == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["feedback.salt"]
+
+
+def test_a_database_url_of_another_kind_stops_the_app_at_start(classifier: Classifier) -> None:
+    settings = Settings(database_url="mysql://user:hunter2@db.example/feedback")
+    with pytest.raises(SettingsError) as refused:
+        Feedback.from_settings(classifier, settings)
+    assert refused.value.exit_code == 2
+    assert "'mysql'" in str(refused.value)
+    assert "hunter2" not in str(refused.value)
 
 
 def test_heroku_urls_become_psycopg_with_ssl_required() -> None:

@@ -133,7 +133,7 @@ class Feedback:
     def __init__(
         self,
         classifier: Classifier,
-        database_url: str | None,
+        database_url: str,
         limits: Limits,
         salt: bytes | Path,
         forwarded_hops: int = 0,
@@ -165,7 +165,7 @@ class Feedback:
         )
         off = off_reason(settings.feedback, url, settings.dyno)
         if off:
-            log.info("Feedback is off: %s", off)
+            log.info("%s", off)
         if url is None:
             url = f"sqlite:///{sqlite_path(settings)}"
         return cls(
@@ -179,7 +179,6 @@ class Feedback:
             if self._store is None:
                 from service.feedback.store import Store
 
-                assert self.database_url is not None
                 try:
                     self._store = Store(self.database_url)
                 except OSError as error:

@@ -26,7 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, create_engine, delete, event, func, or_, select
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from service.feedback import (
@@ -49,8 +49,9 @@ STATEMENT_TIMEOUT_S = 10
 SQLITE_BUSY_TIMEOUT_S = 5
 EXPORT_BATCH = 100
 """Rows fetched at a time when exporting: memory holds this many photos, whatever the total."""
-DISK_FULL_SQLSTATES = {"53100", "53200", "42501"}
-"""Disk full, out of memory, and the privilege Heroku revokes from a plan over its storage."""
+REFUSED_WRITES = {"53100", "42501"}
+"""Disk full, and the privilege Heroku revokes from a plan over its storage (the database
+then only reads and deletes)."""
 
 
 def engine_url(database_url: str) -> URL:
@@ -134,13 +135,15 @@ class Store:
         except PoolTimeoutError as error:
             raise self._down("every connection of the pool is busy", error) from error
         except DBAPIError as error:
-            if sqlstate(error) in DISK_FULL_SQLSTATES or "disk is full" in str(error.orig):
+            if sqlstate(error) in REFUSED_WRITES or "disk is full" in str(error.orig):
                 log.warning("The feedback database refuses writes: %s", first_line(error))
                 raise StoreFullError(
                     "The feedback store is full: it takes no more corrections for now.",
                     retry_after=3600,
                 ) from error
-            raise self._down("the database failed", error) from error
+            if isinstance(error, OperationalError | InterfaceError) or error.connection_invalidated:
+                raise self._down("the database failed", error) from error
+            raise  # a statement of ours the database refuses: a bug, answered 500
         except SchemaTooNewError as error:
             raise self._down(str(error), error) from error
 

@@ -54,7 +54,17 @@ class PostgresCluster:
         if self._as_root:
             server = pwd.getpwnam(SERVER_USER)
             os.chown(self.root, server.pw_uid, server.pw_gid)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
 
     def _command(self, tool: str, *args: str) -> list[str]:
         command = [str(self.bindir / tool), *args]
