@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     from service.server import GracefulServer
 
     api = build_api(classifier, metrics_token=settings.metrics_token, feedback=feedback)
-    app = mount(api, build_demo(classifier, EXAMPLE_PHOTOS), settings)
+    # FEEDBACK=off: no controls; off for want of a database: the page says how to turn it on.
+    page = build_demo(classifier, EXAMPLE_PHOTOS, feedback=feedback if settings.feedback else None)
+    app = mount(api, page, settings)
     server = GracefulServer(app, settings)
     failure: list[ModelError] = []
 

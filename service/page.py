@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
@@ -23,6 +23,9 @@ from service import internals, metrics, request_id
 from service.api import BATCH_FILES, error_handlers
 from service.guard import NOT_UPLOADED, PageGuard, client_of
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.feedback import Feedback
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +113,10 @@ def provenance(metadata: ModelMetadata) -> str:
 
 Explanation = dict[str, Any]
 """What the page keeps of one classified photo, in the session's state: its answer,
-the top classes' labels and maps (lists, which Gradio's state compares) and the
+the top classes' labels and maps (lists, which Gradio's state compares), the
 photo decoded for the classification as a small JPEG (``STATE_PHOTO_SIDE``,
-~50 kB). Never the upload or full-size pixels: hundreds of idle sessions share a
+~50 kB) and the id of the request that classified it, for feedback on it.
+Never the upload or full-size pixels: hundreds of idle sessions share a
 512 MB dyno, and the state is dropped after ``STATE_TTL_S`` besides."""
 
 
@@ -152,9 +156,14 @@ def caption(explained: Explanation) -> str:
     return f"{label} {probability:.0%}"
 
 
-def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
+def build_demo(
+    classifier: Classifier, examples: list[Path], feedback: Feedback | None = None
+) -> gr.Blocks:
     """The page, with stable API endpoints for ``gradio_client``: ``/predict`` (one
     image -> its label, as ever) and ``/predict_many`` (several -> the gallery).
+
+    With ``feedback``, "Right" and "Wrong: it is ..." under each answer
+    (``service.feedback_page``).
 
     Several photos are classified one after another, each through the same
     memory budget and batcher as any request, so a refused one fails alone.
@@ -166,11 +175,12 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
     def classified(image_path: str) -> Explanation:
         """One photo through ``Classifier``, counted in the page's metrics."""
         with metrics.observed("page"):
-            return explanation(
+            answer = explanation(
                 classifier.classify_photo(
                     image_path, TOP_K, explain=classifier.explains, photo_side=STATE_PHOTO_SIDE
                 )
             )
+        return {**answer, "request_id": request_id.current.get()}
 
     def classify(
         image_path: str | None, request: gr.Request
@@ -310,6 +320,11 @@ def build_demo(classifier: Classifier, examples: list[Path]) -> gr.Blocks:
                 )
             with gr.Column():
                 label.render()
+                if feedback is not None:
+                    # Imported here: the controls use this module's answer and errors.
+                    from service.feedback_page import add_feedback
+
+                    add_feedback(feedback, explained)
                 if classifier.explains:
                     heatmap.render()
                     chooser.render()
