@@ -358,6 +358,11 @@ def mount(api: FastAPI, demo: gr.Blocks, settings: Settings) -> FastAPI:
     internals.cap_queue_per_client(
         demo, settings.queue_per_client, client_of(settings.forwarded_hops)
     )
+    if settings.users:  # a way out of a login, below the page
+        from service.access.login import LOGOUT
+
+        with demo:
+            gr.Button("Log out", link=LOGOUT, size="sm", elem_id="logout")
     mounted = gr.mount_gradio_app(
         api,
         demo,

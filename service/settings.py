@@ -188,7 +188,8 @@ class Settings(BaseSettings):
         """The keys and users the app accepts (import it only when ``private``)."""
         from service.access.credentials import Credentials, parse_keys, parse_users
 
-        return Credentials(parse_keys(self.api_keys or ""), parse_users(self.users or ""))
+        keys = parse_keys(self.api_keys) if self.api_keys else ()
+        return Credentials(keys, parse_users(self.users) if self.users else ())
 
     # --- end of privacy ---
     malloc_mmap_threshold_: int = Field(

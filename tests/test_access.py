@@ -191,12 +191,44 @@ def test_a_malformed_access_setting_stops_the_app_with_one_line_and_exit_2(
     assert quoted == []
 
 
+ACCESS_MODULES = """
+import sys
+from classifier.model import Classifier
+from service.api import build_api
+from service.page import build_demo, mount
+from service.settings import load_settings
+settings = load_settings()
+classifier = Classifier(settings.model_path, warm=False)
+mount(build_api(classifier), build_demo(classifier, []), settings)
+print(" ".join(sorted(name for name in sys.modules if name.startswith("service.access"))))
+"""
+
+
+def test_a_public_app_imports_none_of_it(model_path: Path) -> None:
+    """The switch off costs nothing: the app is built without importing ``service.access``."""
+    public = run("-c", ACCESS_MODULES, MODEL_PATH=str(model_path))
+    private = run("-c", ACCESS_MODULES, MODEL_PATH=str(model_path), USERS=USERS)
+    assert public.returncode == private.returncode == 0, public.stderr + private.stderr
+    assert public.stdout.split() == []
+    assert "service.access.gate" in private.stdout.split()
+
+
 # --- keys, users and cookies, in themselves -----------------------------------
 
 
 @pytest.fixture(scope="module")
 def credentials() -> Credentials:
     return Settings(api_keys=API_KEYS, users=USERS).credentials()
+
+
+@pytest.mark.parametrize("private", [{"users": USERS}, {"api_keys": API_KEYS}])
+def test_people_or_programs_alone_make_the_app_private(private: dict[str, str]) -> None:
+    settings = Settings(**private)
+    credentials = settings.credentials()
+    assert settings.private
+    assert bool(credentials.users) == ("users" in private)
+    assert bool(credentials.keys) == ("api_keys" in private)
+    assert not Settings().private
 
 
 def near_misses(secret: str) -> Iterator[str]:
@@ -553,6 +585,18 @@ def test_a_browser_is_sent_to_the_login_and_back(web1: httpx.Client) -> None:
     assert form.status_code == 200
     assert 'name="password"' in form.text
     assert "frame-ancestors 'none'" in form.headers["content-security-policy"]
+
+
+def test_the_login_form_echoes_no_markup(web1: httpx.Client) -> None:
+    markup = '"><script>alert(1)</script>'
+    response = web1.post(
+        "login",
+        data={"username": markup, "password": "not the password", "next": markup},
+        headers={"X-Forwarded-For": "203.0.113.70"},
+    )
+    assert response.status_code == 401
+    assert "<script>" not in response.text
+    assert "&lt;script&gt;" in response.text
 
 
 def test_a_login_made_on_one_dyno_holds_on_the_other_and_not_under_another_secret(

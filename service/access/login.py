@@ -56,7 +56,7 @@ p.problem {{ color: #b91c1c; margin: 0; }}
 <h1>Log in</h1>
 {problem}
 <label for="username">Name</label>
-<input id="username" name="username" autocomplete="username" required autofocus>
+<input id="username" name="username" value="{name}" autocomplete="username" required autofocus>
 <label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password" required>
 <input type="hidden" name="next" value="{next}">
@@ -106,9 +106,13 @@ def login_url(next_path: str) -> str:
     return f"{LOGIN}?{urlencode({'next': next_path})}" if next_path != "/" else LOGIN
 
 
-def page(next_path: str, problem: str = "", status: int = 200, **headers: str) -> Response:
+def page(
+    next_path: str, problem: str = "", status: int = 200, name: str = "", **headers: str
+) -> Response:
+    """The form; after a failed login, with what went wrong and the name given."""
     body = PAGE.format(
         login=html.escape(LOGIN),
+        name=html.escape(name[:64]),
         next=html.escape(next_path),
         problem=f'<p class="problem" role="alert">{html.escape(problem)}</p>' if problem else "",
     )
@@ -168,7 +172,7 @@ class Login:
         if user is None:
             self.throttle.failed(client)
             log.info("Failed login as %r from %r", name[:64], client)
-            return page(next_path, "Wrong name or password.", 401)
+            return page(next_path, "Wrong name or password.", 401, name=name)
         log.info("%s logged in", user.name)
         response = RedirectResponse(next_path, status_code=303)
         response.set_cookie(
