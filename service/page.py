@@ -12,6 +12,7 @@ import gradio as gr
 import numpy as np
 from fastapi import FastAPI
 from PIL import Image
+from starlette.middleware import Middleware
 from starlette.routing import Mount
 
 from classifier.errors import ClassifierError
@@ -22,6 +23,7 @@ from classifier.options import TOP_K
 from service import internals, metrics, request_id
 from service.api import BATCH_FILES, error_handlers
 from service.guard import NOT_UPLOADED, PageGuard, client_of
+from service.request_id import RequestContext
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -367,13 +369,20 @@ def mount(api: FastAPI, demo: gr.Blocks, settings: Settings) -> FastAPI:
     here: Gradio's check that a payload's file is an upload, and monitoring
     off. ``PageGuard`` wraps the page itself, between the API's router and
     Gradio: it sees exactly the requests the router hands the page, inside the
-    API's middleware (its refusals carry the request id too).
+    API's middleware (its refusals carry the request id too). With
+    ``settings.private``, ``AccessGate`` goes right inside ``RequestContext``,
+    before anything reads a body or a file.
     """
     internals.check_uploads(demo)
     internals.clean_up_failed_uploads(UPLOAD_FILES)
     internals.cap_queue_per_client(
         demo, settings.queue_per_client, client_of(settings.forwarded_hops)
     )
+    if settings.users:  # a way out of a login, below the page
+        from service.access.login import LOGOUT
+
+        with demo:
+            gr.Button("Log out", link=LOGOUT, size="sm", elem_id="logout")
     mounted = gr.mount_gradio_app(
         api,
         demo,
@@ -386,4 +395,10 @@ def mount(api: FastAPI, demo: gr.Blocks, settings: Settings) -> FastAPI:
     )
     page = next(route for route in api.routes if isinstance(route, Mount) and route.path == "")
     page.app = PageGuard(page.app, internals.holds(demo), internals.page_events(demo))
+    if settings.private:  # imported only when on: a public app carries none of it
+        from service.access.gate import AccessGate
+
+        # Outermost after the request id: before anything reads a body or a file.
+        inside = next(i for i, m in enumerate(api.user_middleware) if m.cls is RequestContext) + 1
+        api.user_middleware.insert(inside, Middleware(AccessGate, settings=settings))
     return mounted
