@@ -16,6 +16,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from classifier.assets import EXAMPLE_PHOTOS
 from classifier.errors import ClassifierError
@@ -24,7 +27,10 @@ from classifier.preprocess import configure_vips
 from service.deferred import defer_import
 from service.metrics import PrometheusObserver
 from service.request_id import configure_logging
-from service.settings import help_text, load_settings
+from service.settings import Settings, help_text, load_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("app")
 
@@ -40,6 +46,45 @@ def lighten_gradio() -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**31))
     os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
     defer_import("pandas")
+
+
+@contextmanager
+def without_gradio_mcp() -> Iterator[None]:
+    """Gradio loads without its own MCP server, which the page never uses.
+
+    Where the MCP SDK is installed, Gradio imports it as it loads (its MCP
+    server's class body does): 24 MB held by every idle process, and
+    sse-starlette's hook on uvicorn's signal handler. Hidden meanwhile, the
+    SDK is imported only by ``service.agents``, when ``MCP=on``.
+    """
+    sys.modules["mcp"] = None  # type: ignore[assignment]  # "import mcp" raises ImportError
+    try:
+        yield
+    finally:
+        del sys.modules["mcp"]
+
+
+def build_app(classifier: Classifier, settings: Settings) -> FastAPI:
+    """The REST API, the MCP tool if ``MCP=on``, and the page at ``/``, over ``classifier``.
+
+    ``ClassifierError`` if the libraries' internals are not what the app relies on.
+    """
+    lighten_gradio()
+    with without_gradio_mcp():
+        import gradio  # noqa: F401  (first imported here)
+    from service import internals
+
+    internals.check()
+
+    from service.api import build_api
+    from service.page import build_demo, mount
+
+    api = build_api(classifier, metrics_token=settings.metrics_token)
+    if settings.mcp:
+        from service.agents import mount_agents
+
+        mount_agents(api, classifier)
+    return mount(api, build_demo(classifier, EXAMPLE_PHOTOS), settings)
 
 
 def parse_arguments(argv: list[str]) -> None:
@@ -66,20 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             observer=PrometheusObserver(),
         )
         # Gradio takes seconds to import: a broken model is reported before that.
-        lighten_gradio()
-        from service import internals
-
-        internals.check()
+        app = build_app(classifier, settings)
     except ClassifierError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
 
-    from service.api import build_api
-    from service.page import build_demo, mount
     from service.server import GracefulServer
 
-    api = build_api(classifier, metrics_token=settings.metrics_token)
-    app = mount(api, build_demo(classifier, EXAMPLE_PHOTOS), settings)
     server = GracefulServer(app, settings)
     failure: list[ModelError] = []
 

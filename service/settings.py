@@ -139,6 +139,11 @@ class Settings(BaseSettings):
         description="if set, `/metrics` answers only `Authorization: Bearer <token>`; "
         "unset, it is public (Heroku's metrics read it)",
     )
+    mcp: bool = Field(
+        False,
+        description="`on` serves the MCP tool `classify_image` at `/mcp`, for AI assistants "
+        "(see `docs/mcp.md`); off, the MCP SDK is not even imported",
+    )
     malloc_mmap_threshold_: int = Field(
         2097152,
         ge=0,
