@@ -83,7 +83,7 @@ def build_app(classifier: Classifier, settings: Settings) -> FastAPI:
     if settings.mcp:
         from service.agents import mount_agents
 
-        mount_agents(api, classifier)
+        mount_agents(api, classifier, settings.admission_timeout)
     return mount(api, build_demo(classifier, EXAMPLE_PHOTOS), settings)
 
 

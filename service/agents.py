@@ -15,6 +15,7 @@ balancer without affinity (Heroku's ``web=2``) answers any request. Only
 SDK is never loaded (``docs/mcp.md``).
 """
 
+import asyncio
 import base64
 import binascii
 import json
@@ -28,15 +29,16 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, ContentBlock, ImageContent, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from classifier.admission import BusyError
 from classifier.errors import ClassifierError
 from classifier.heatmap import jpeg
 from classifier.model import Classifier
@@ -73,6 +75,8 @@ NOT_BASE64 = (
     "+ and /, padded with =), or as a data:image/...;base64, URL."
 )
 NOT_IMAGE_DATA = "A data: URL must carry an image in base64: data:image/jpeg;base64,..."
+LARGE_BODY = 1024 * 1024
+"""Request bodies past this take turns (``Endpoint``)."""
 TOO_LONG = (
     f"The image is over the limit of {MAX_IMAGE_CHARS // (1024 * 1024)} MB of base64 "
     f"({MAX_IMAGE_CHARS * 3 // 4 // (1024 * 1024)} MB as a file)."
@@ -109,10 +113,17 @@ def image_bytes(text: str) -> bytes:
     if WHITESPACE.search(text):
         text = WHITESPACE.sub("", text)  # MIME's line breaks
     try:
-        data = binascii.a2b_base64(text + "=" * (-len(text) % 4), strict_mode=True)
+        data = binascii.a2b_base64(
+            text + "=" * (-len(text) % 4) if len(text) % 4 else text, strict_mode=True
+        )
     except ValueError:  # binascii.Error, or a character outside ASCII
         raise ImageError(NO_URLS if names_a_place(text) else NOT_BASE64) from None
     return data
+
+
+def refusal(message: str) -> CallToolResult:
+    """A tool error: its message for the assistant to read and act on."""
+    return CallToolResult(content=[TextContent(text=message)], is_error=True)
 
 
 def names_a_place(text: str) -> bool:
@@ -159,8 +170,9 @@ def build_server(classifier: Classifier) -> MCPServer:
         log_level="WARNING",
     )
 
-    def answer(text: str, k: int, heatmap: bool) -> CallToolResult:
-        """One image -> its answer (run in a worker thread)."""
+    def classified(text: str, k: int, heatmap: bool) -> CallToolResult:
+        """One image -> its answer, as ``POST /classify`` gives it."""
+        classifier.check_explain(heatmap)
         upload = image_bytes(text)
         overlay: list[ContentBlock] = []
         try:
@@ -183,6 +195,26 @@ def build_server(classifier: Classifier) -> MCPServer:
         structured = ToolAnswer(predictions=labels, model=model).model_dump(mode="json")
         content: list[ContentBlock] = [TextContent(text=json.dumps(structured)), *overlay]
         return CallToolResult(content=content, structured_content=structured)
+
+    def answer(text: str, k: int, heatmap: bool) -> CallToolResult:
+        """The answer or the refusal, in a worker thread, counted in the metrics.
+
+        A refusal is a result (``is_error``), not an exception: none leaves
+        this thread, so no traceback keeps the request's 20 MB alive in its
+        frames until the garbage collector's next full pass.
+        """
+        try:
+            with metrics.observed("mcp"):
+                return classified(text, k, heatmap)
+        except ClassifierError as error:
+            if not error.server_fault:
+                return refusal(str(error))
+            unexpected: Exception = error
+        except Exception as error:
+            unexpected = error
+        log.error("Unexpected error in classify_image", exc_info=unexpected)
+        metrics.UNEXPECTED_ERRORS.inc()
+        return refusal(request_id.internal_error_message())
 
     @server.tool(
         title=f"Classify an image with {metadata.name}",
@@ -208,38 +240,52 @@ def build_server(classifier: Classifier) -> MCPServer:
         ] = False,
     ) -> Annotated[CallToolResult, ToolAnswer]:
         request_id.adopt(context.headers or {})
-        try:
-            classifier.check_explain(heatmap)
-            with metrics.observed("mcp"):
-                return await run_in_threadpool(answer, image, k, heatmap)
-        except ClassifierError as error:
-            if not error.server_fault:
-                raise ToolError(str(error)) from None
-            failure: Exception = error
-        except Exception as error:
-            failure = error
-        log.error("Unexpected error in classify_image", exc_info=failure)
-        metrics.UNEXPECTED_ERRORS.inc()
-        raise ToolError(request_id.internal_error_message())
+        return await run_in_threadpool(answer, image, k, heatmap)
 
     return server
 
 
 class Endpoint:
-    """``/mcp``: the SDK's transport, with the request's id in its headers for the tool's
-    log lines (``RequestContext`` makes one where the client sent none)."""
+    """``/mcp``: the SDK's transport, one large request at a time.
 
-    def __init__(self, manager: StreamableHTTPSessionManager) -> None:
+    The transport holds a request's whole body, and its JSON parse and the
+    image's decoded bytes beside it, before the tool's decode draws on the
+    memory budget: about 6 times the body, ~120 MB for 20 MB of base64. So
+    requests over ``LARGE_BODY`` (or of undeclared length) take turns, each
+    waiting at most ``wait_s`` (``ADMISSION_TIMEOUT``) before a 503; smaller
+    ones (listing the tool, photos under 0.75 MB) go straight in. The
+    request's id goes into its headers, for the tool's log lines
+    (``RequestContext`` makes one where the client sent none).
+    """
+
+    def __init__(self, manager: StreamableHTTPSessionManager, wait_s: float) -> None:
         self.manager = manager
+        self.wait_s = wait_s
+        self.large = asyncio.Semaphore(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         header = request_id.HEADER.lower().encode()
         headers = [(name, value) for name, value in scope["headers"] if name != header]
         headers.append((header, request_id.current.get().encode()))
-        await self.manager.handle_request({**scope, "headers": headers}, receive, send)
+        scope = {**scope, "headers": headers}
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) <= LARGE_BODY:
+            await self.manager.handle_request(scope, receive, send)
+            return
+        try:
+            await asyncio.wait_for(self.large.acquire(), self.wait_s)
+        except TimeoutError:
+            raise BusyError(
+                "The server is busy with other large images; please try again in a few seconds.",
+                retry_after=max(1, round(self.wait_s / 4)),
+            ) from None
+        try:
+            await self.manager.handle_request(scope, receive, send)
+        finally:
+            self.large.release()
 
 
-def mount_agents(api: FastAPI, classifier: Classifier) -> None:
+def mount_agents(api: FastAPI, classifier: Classifier, wait_s: float) -> None:
     """Serve the tool at ``/mcp`` of ``api``, before the page is mounted at ``/``.
 
     The transport's session manager runs for the app's lifespan (the page's
@@ -247,7 +293,8 @@ def mount_agents(api: FastAPI, classifier: Classifier) -> None:
     ``Origin`` (DNS rebinding, a threat to servers on a developer's machine)
     are off: the app is served under any host name, and a browser cannot
     post JSON to it from another origin (no CORS). Its body limit is the
-    app's, which ``BodyLimit`` enforces first.
+    app's, which ``BodyLimit`` enforces first. ``wait_s``: how long a large
+    request may wait for its turn (``Endpoint``).
     """
     server = build_server(classifier)
     server.streamable_http_app(
@@ -266,4 +313,4 @@ def mount_agents(api: FastAPI, classifier: Classifier) -> None:
             yield state
 
     api.router.lifespan_context = lifespan
-    api.router.routes.append(Route(PATH, Endpoint(manager), methods=["POST"]))
+    api.router.routes.append(Route(PATH, Endpoint(manager, wait_s), methods=["POST"]))
