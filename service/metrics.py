@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -21,8 +22,13 @@ from service.server import CLASSIFYING
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30)
 
 REQUESTS = Counter(
-    "classifier_requests", "Classification requests by route and outcome", ["route", "outcome"]
+    "classifier_requests",
+    "Classification requests by route, outcome and caller",
+    ["route", "outcome", "caller"],
 )
+CALLER: ContextVar[str | None] = ContextVar("caller", default=None)
+"""The name of the key or user a private app let the request in as (``service.access``);
+None when the app is public, and in the page's events, which run outside their request."""
 REQUEST_SECONDS = Histogram(
     "classifier_request_seconds",
     "Time to classify one request, admission wait included",
@@ -75,4 +81,4 @@ def observed(route: str) -> Iterator[None]:
         raise
     finally:
         REQUEST_SECONDS.labels(route).observe(time.perf_counter() - start)
-        REQUESTS.labels(route, outcome).inc()
+        REQUESTS.labels(route, outcome, CALLER.get() or "-").inc()

@@ -351,7 +351,7 @@ def mount(api: FastAPI, demo: gr.Blocks, settings: Settings) -> FastAPI:
     What ``launch()`` would switch on and the mount does not is switched on
     here: Gradio's check that a payload's file is an upload, and monitoring
     off. ``PageGuard`` goes inside ``RequestContext``, so its refusals carry
-    the request id too.
+    the request id too; with ``settings.private``, ``AccessGate`` goes before it.
     """
     internals.check_uploads(demo)
     internals.clean_up_failed_uploads(UPLOAD_FILES)
@@ -369,4 +369,9 @@ def mount(api: FastAPI, demo: gr.Blocks, settings: Settings) -> FastAPI:
     )
     inside = next(i for i, m in enumerate(api.user_middleware) if m.cls is RequestContext) + 1
     api.user_middleware.insert(inside, Middleware(PageGuard, held=internals.holds(demo)))
+    if settings.private:  # imported only when on: a public app carries none of it
+        from service.access.gate import AccessGate
+
+        # Outermost after the request id: before anything reads a body or a file.
+        api.user_middleware.insert(inside, Middleware(AccessGate, settings=settings))
     return mounted

@@ -24,7 +24,8 @@ from service import metrics
 log = logging.getLogger(__name__)
 
 HEADER = "X-Request-ID"
-LOG_FORMAT = "%(levelname)s %(name)s [%(request_id)s]: %(message)s"
+LOG_FORMAT = "%(levelname)s %(name)s [%(request_id)s%(caller)s]: %(message)s"
+"""``caller``: in a private app, the key's or user's name after the id (``[<id> ci]``)."""
 _ACCEPTED = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 """A router's id as it may appear in a log line (Heroku's are UUIDs): no spaces, no newlines."""
 
@@ -49,10 +50,13 @@ def internal_error_message() -> str:
 
 
 class RequestIdFilter(logging.Filter):
-    """Puts the current request's id on each record, as ``%(request_id)s``."""
+    """Puts the current request's id on each record, as ``%(request_id)s``, and the
+    caller's name, if any, as ``%(caller)s``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = current.get()
+        caller = metrics.CALLER.get()
+        record.caller = f" {caller}" if caller else ""
         return True
 
 

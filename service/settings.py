@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from service.access.credentials import Credentials
 
 from classifier.assets import DEFAULT_MODEL_PATH, ROOT
 from classifier.errors import ClassifierError
@@ -144,6 +149,53 @@ class Settings(BaseSettings):
         description="`on` serves the MCP tool `classify_image` at `/mcp`, for AI assistants "
         "(see `docs/mcp.md`); off, the MCP SDK is not even imported",
     )
+    # --- privacy (service.access): one switch, off unless API_KEYS or USERS is set ---
+    api_keys: str | None = Field(
+        None,
+        description="programs' keys, comma-separated `NAME:HASH` entries, each optionally "
+        "`:classify+feedback+metrics` (its scopes); `python -m service.access hash-key NAME` "
+        "prints one. Set (or `USERS`), every route but `/healthz`, `/readyz` and the login "
+        "asks for `Authorization: Bearer <key>` or a login (docs/access.md)",
+    )
+    users: str | None = Field(
+        None,
+        description="people who may log in at `/login`, comma-separated `NAME:HASH` entries; "
+        "`python -m service.access hash-password NAME` prints one",
+    )
+    session_secret: str | None = Field(
+        None,
+        description="signs login cookies along with each user's hash (32 characters or more, "
+        "the same on every dyno); unset, the hashes alone sign them, so `USERS` is then as "
+        "secret as this would be",
+    )
+    session_hours: float = Field(
+        12.0, gt=0, le=24 * 30, description="hours a login lasts before the next one"
+    )
+
+    @field_validator("api_keys", "users", "session_secret")
+    @classmethod
+    def _parses(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Fail closed: an access setting that cannot be read stops the app at start."""
+        if value is None:
+            return value
+        from service.access.credentials import check_secret, parse_keys, parse_users
+
+        check = {"api_keys": parse_keys, "users": parse_users, "session_secret": check_secret}
+        check[str(info.field_name)](value)
+        return value
+
+    @property
+    def private(self) -> bool:
+        """Whether the app asks every caller for credentials."""
+        return bool(self.api_keys or self.users)
+
+    def credentials(self) -> Credentials:
+        """The keys and users the app accepts (import it only when ``private``)."""
+        from service.access.credentials import Credentials, parse_keys, parse_users
+
+        return Credentials(parse_keys(self.api_keys or ""), parse_users(self.users or ""))
+
+    # --- end of privacy ---
     malloc_mmap_threshold_: int = Field(
         2097152,
         ge=0,
@@ -170,13 +222,18 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        raise SettingsError(
-            "\n".join(
-                f"{str(problem['loc'][0]).upper()}={problem['input']!r} is not allowed: "
-                f"{allowed(Settings.model_fields[str(problem['loc'][0])])}."
-                for problem in error.errors()
-            )
-        ) from None
+        raise SettingsError("\n".join(map(problem_line, error.errors()))) from None
+
+
+def problem_line(problem: ErrorDetails) -> str:
+    """One bad setting, in one line; a validator's own message quotes no value (a secret)."""
+    variable = str(problem["loc"][0]).upper()
+    if problem["type"] == "value_error":
+        return f"{variable} is not allowed: {problem['ctx']['error']}."
+    return (
+        f"{variable}={problem['input']!r} is not allowed: "
+        f"{allowed(Settings.model_fields[str(problem['loc'][0])])}."
+    )
 
 
 def allowed(field: FieldInfo) -> str:
