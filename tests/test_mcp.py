@@ -12,16 +12,21 @@ import base64
 import io
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import httpx2
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 from PIL import Image
 
@@ -54,11 +59,15 @@ def http(app: Instance) -> Iterator[httpx.Client]:
         yield client
 
 
-def with_client(app: Instance, work: Callable[[Client], Awaitable[T]]) -> T:
-    """``work`` done with an MCP client connected to ``app``'s ``/mcp``."""
+def with_client(app: Instance, work: Callable[[Client], Awaitable[T]], key: str | None = None) -> T:
+    """``work`` done with an MCP client connected to ``app``'s ``/mcp``, sending ``key``."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     async def run() -> T:
-        async with Client(f"{app.url}mcp") as client:
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=120) as http,
+            Client(streamable_http_client(f"{app.url}mcp", http_client=http)) as client,
+        ):
             return await work(client)
 
     return asyncio.run(run())
@@ -336,6 +345,82 @@ def test_the_page_and_the_api_still_answer_beside_it(http: httpx.Client) -> None
     assert http.get("").status_code == 200
     assert classify(http, CAT_PHOTO).status_code == 200
     assert "mcp" in http.get("metrics").text  # its classifications are counted
+
+
+# --- a private app: the same keys as every other route ----------------------------------
+
+
+def access_entry(command: str, name: str, secret: str, *options: str) -> str:
+    """An entry of ``API_KEYS`` or ``USERS``, as ``python -m service.access`` prints it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service.access", command, name, *options],
+        input=secret,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+@dataclass
+class Private:
+    """The app with ``MCP=on``, a key for everything, a key for metrics only, and a user."""
+
+    app: Instance
+    key: str
+    metrics_key: str
+
+
+@pytest.fixture(scope="module")
+def private(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private]:
+    key, metrics_key = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    api_keys = ",".join(
+        [
+            access_entry("hash-key", "agent", key),
+            access_entry("hash-key", "watcher", metrics_key, "--scopes", "metrics"),
+        ]
+    )
+    users = access_entry("hash-password", "alice", "a password for the test")
+    log = tmp_path_factory.mktemp("private") / "app.log"
+    with serving(model_path, log, MCP="on", API_KEYS=api_keys, USERS=users) as instance:
+        yield Private(instance, key, metrics_key)
+
+
+def refusals(group: BaseException) -> list[BaseException]:
+    """The errors inside the task groups' exception groups."""
+    if isinstance(group, BaseExceptionGroup):
+        return [error for inner in group.exceptions for error in refusals(inner)]
+    return [group]
+
+
+def test_a_private_app_s_tool_answers_a_key(private: Private) -> None:
+    tools = with_client(private.app, lambda client: client.list_tools(), private.key)
+    assert [tool.name for tool in tools.tools] == ["classify_image"]
+    result = with_client(
+        private.app,
+        lambda client: client.call_tool("classify_image", {"image": encoded(CAT_PHOTO)}),
+        private.key,
+    )
+    assert not result.is_error
+    assert len(result.structured_content["predictions"]) == 5
+
+
+@pytest.mark.parametrize("who", ["nobody", "an unknown key", "a key for metrics only"])
+def test_a_private_app_s_tool_refuses_a_caller_without_a_key_for_it(
+    private: Private, who: str
+) -> None:
+    key = {"nobody": None, "an unknown key": secrets.token_urlsafe(32)}.get(
+        who, private.metrics_key
+    )
+    with pytest.raises(BaseExceptionGroup) as refused:
+        with_client(private.app, lambda client: client.list_tools(), key)
+    assert [type(error) for error in refusals(refused.value)] == [MCPError]
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    response = httpx.post(f"{private.app.url}mcp", json=listing, headers=headers)
+    assert response.status_code == (403 if who == "a key for metrics only" else 401)
+    assert "key" in response.json()["error"] or "private" in response.json()["error"]
 
 
 # --- off: no endpoint, no SDK ----------------------------------------------------------------
