@@ -59,14 +59,20 @@ def http(app: Instance) -> Iterator[httpx.Client]:
         yield client
 
 
-def with_client(app: Instance, work: Callable[[Client], Awaitable[T]], key: str | None = None) -> T:
-    """``work`` done with an MCP client connected to ``app``'s ``/mcp``, sending ``key``."""
+def with_client(
+    app: Instance,
+    work: Callable[[Client], Awaitable[T]],
+    key: str | None = None,
+    mode: str = "auto",
+) -> T:
+    """``work`` done with an MCP client connected to ``app``'s ``/mcp``, sending ``key``,
+    speaking the protocol ``mode`` says (``auto``: the newest both sides know)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     async def run() -> T:
         async with (
             httpx2.AsyncClient(headers=headers, timeout=120) as http,
-            Client(streamable_http_client(f"{app.url}mcp", http_client=http)) as client,
+            Client(streamable_http_client(f"{app.url}mcp", http_client=http), mode=mode) as client,
         ):
             return await work(client)
 
@@ -114,6 +120,21 @@ def test_the_one_tool_is_classify_image_with_its_input_schema(app: Instance) -> 
     # What the model is, from its metadata, and what the tool takes and never does.
     for promise in ("InceptionV3", "1000 classes", "random test weights", "base64", NO_URLS):
         assert promise in tool.description
+
+
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+def test_clients_of_either_protocol_era_list_and_call_it(app: Instance, mode: str) -> None:
+    """``legacy``: the initialize handshake (2025-11-25), as Claude Desktop and VS Code
+    speak it; ``2026-07-28``: no handshake."""
+
+    async def list_and_call(client: Client) -> tuple[str, list[str], CallToolResult]:
+        tools = await client.list_tools()
+        result = await client.call_tool("classify_image", {"image": encoded(CAT_PHOTO), "k": 2})
+        return client.protocol_version, [tool.name for tool in tools.tools], result
+
+    version, names, result = with_client(app, list_and_call, mode=mode)
+    assert (version, names) == ("2025-11-25" if mode == "legacy" else mode, ["classify_image"])
+    assert len(result.structured_content["predictions"]) == 2
 
 
 # --- answers: the same as POST /classify ---------------------------------------------------
