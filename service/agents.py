@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import FastAPI
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, ContentBlock, ImageContent, TextContent, ToolAnnotations
@@ -231,7 +231,6 @@ def build_server(classifier: Classifier) -> MCPServer:
                 "(never a link: the tool fetches nothing)"
             ),
         ],
-        context: Context,
         k: Annotated[
             int, Field(ge=1, le=metadata.classes, description="How many classes to return")
         ] = min(TOP_K, metadata.classes),
@@ -239,7 +238,6 @@ def build_server(classifier: Classifier) -> MCPServer:
             bool, Field(description="Also return where the model looked, as a JPEG")
         ] = False,
     ) -> Annotated[CallToolResult, ToolAnswer]:
-        request_id.adopt(context.headers or {})
         return await run_in_threadpool(answer, image, k, heatmap)
 
     return server
@@ -253,9 +251,7 @@ class Endpoint:
     memory budget: about 6 times the body, ~120 MB for 20 MB of base64. So
     requests over ``LARGE_BODY`` (or of undeclared length) take turns, each
     waiting at most ``wait_s`` (``ADMISSION_TIMEOUT``) before a 503; smaller
-    ones (listing the tool, photos under 0.75 MB) go straight in. The
-    request's id goes into its headers, for the tool's log lines
-    (``RequestContext`` makes one where the client sent none).
+    ones (listing the tool, photos under 0.75 MB) go straight in.
     """
 
     def __init__(self, manager: StreamableHTTPSessionManager, wait_s: float) -> None:
@@ -264,10 +260,6 @@ class Endpoint:
         self.large = asyncio.Semaphore(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        header = request_id.HEADER.lower().encode()
-        headers = [(name, value) for name, value in scope["headers"] if name != header]
-        headers.append((header, request_id.current.get().encode()))
-        scope = {**scope, "headers": headers}
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) <= LARGE_BODY:
             await self.manager.handle_request(scope, receive, send)

@@ -31,7 +31,7 @@ from mcp_types import CallToolResult
 from PIL import Image
 
 from classifier.assets import ROOT
-from tests.support.harness import Instance, classify, serving
+from tests.support.harness import Instance, classify, metric, serving
 from tests.support.images import INVALID
 from tests.support.photos import CAT_PHOTO, COFFEE_PHOTO, imagenet_sample_photos
 
@@ -415,16 +415,23 @@ def refusals(group: BaseException) -> list[BaseException]:
     return [group]
 
 
-def test_a_private_app_s_tool_answers_a_key(private: Private) -> None:
-    tools = with_client(private.app, lambda client: client.list_tools(), private.key)
-    assert [tool.name for tool in tools.tools] == ["classify_image"]
-    result = with_client(
-        private.app,
-        lambda client: client.call_tool("classify_image", {"image": encoded(CAT_PHOTO)}),
-        private.key,
-    )
-    assert not result.is_error
-    assert len(result.structured_content["predictions"]) == 5
+@pytest.mark.parametrize("mode", ["legacy", "2026-07-28"])
+def test_a_private_app_s_tool_answers_a_key(private: Private, mode: str) -> None:
+    key = {"Authorization": f"Bearer {private.key}"}
+    with httpx.Client(base_url=private.app.url, headers=key) as http:
+        counted = metric(http, "classifier_requests_total", route="mcp", caller="agent")
+        tools = with_client(private.app, lambda client: client.list_tools(), private.key, mode)
+        assert [tool.name for tool in tools.tools] == ["classify_image"]
+        result = with_client(
+            private.app,
+            lambda client: client.call_tool("classify_image", {"image": encoded(CAT_PHOTO)}),
+            private.key,
+            mode,
+        )
+        assert not result.is_error
+        assert len(result.structured_content["predictions"]) == 5
+        # Counted under the key's name (the SDK runs the tool in a task of its own).
+        assert metric(http, "classifier_requests_total", route="mcp", caller="agent") == counted + 1
 
 
 @pytest.mark.parametrize("who", ["nobody", "an unknown key", "a key for metrics only"])
