@@ -177,9 +177,9 @@ def build_server(classifier: Classifier) -> MCPServer:
         overlay: list[ContentBlock] = []
         try:
             if heatmap:
-                classified = classifier.classify_photo(upload, k, explain=True)
-                predictions = classified.predictions
-                drawn = classifier.overlay(classified.photo, predictions[0].heatmap)
+                explained = classifier.classify_photo(upload, k, explain=True)
+                predictions = explained.predictions
+                drawn = classifier.overlay(explained.photo, predictions[0].heatmap)
                 data = base64.b64encode(jpeg(drawn)).decode("ascii")
                 overlay.append(ImageContent(data=data, mime_type="image/jpeg"))
             else:
@@ -248,7 +248,7 @@ class Endpoint:
 
     The transport holds a request's whole body, and its JSON parse and the
     image's decoded bytes beside it, before the tool's decode draws on the
-    memory budget: about 6 times the body, ~120 MB for 20 MB of base64. So
+    memory budget: about 5 times the body, ~95 MB for 20 MB of base64. So
     requests over ``LARGE_BODY`` (or of undeclared length) take turns, each
     waiting at most ``wait_s`` (``ADMISSION_TIMEOUT``) before a 503; smaller
     ones (listing the tool, photos under 0.75 MB) go straight in.
@@ -283,8 +283,10 @@ def mount_agents(api: FastAPI, classifier: Classifier, wait_s: float) -> None:
     The transport's session manager runs for the app's lifespan (the page's
     mount keeps this lifespan inside its own). Its checks of ``Host`` and
     ``Origin`` (DNS rebinding, a threat to servers on a developer's machine)
-    are off: the app is served under any host name, and a browser cannot
-    post JSON to it from another origin (no CORS). Its body limit is the
+    are off: the app is served under any host name, a browser cannot post
+    JSON to it from another origin (no CORS), and a page that rebinds a name
+    to a local app reaches nothing ``POST /classify`` does not already offer
+    (the tool reads no file, fetches nothing). Its body limit is the
     app's, which ``BodyLimit`` enforces first. ``wait_s``: how long a large
     request may wait for its turn (``Endpoint``).
     """
