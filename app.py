@@ -57,6 +57,9 @@ def without_gradio_mcp() -> Iterator[None]:
     sse-starlette's hook on uvicorn's signal handler. Hidden meanwhile, the
     SDK is imported only by ``service.agents``, when ``MCP=on``.
     """
+    if "mcp" in sys.modules:  # imported already (by a test or a script): nothing to hide
+        yield
+        return
     sys.modules["mcp"] = None  # type: ignore[assignment]  # "import mcp" raises ImportError
     try:
         yield
