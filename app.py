@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from classifier.assets import EXAMPLE_PHOTOS
 from classifier.errors import ClassifierError
@@ -25,7 +26,10 @@ from service.deferred import defer_import, hidden
 from service.feedback import Feedback
 from service.metrics import PrometheusObserver
 from service.request_id import configure_logging
-from service.settings import help_text, load_settings
+from service.settings import Settings, help_text, load_settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("app")
 
@@ -45,7 +49,30 @@ def lighten_gradio() -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
     defer_import("pandas")
     with hidden("mcp"):
-        import gradio  # noqa: F401
+        import gradio  # noqa: F401  (first imported here)
+
+
+def build_app(classifier: Classifier, feedback: Feedback, settings: Settings) -> FastAPI:
+    """The REST API, the MCP tool if ``MCP=on``, and the page at ``/``, over ``classifier``.
+
+    ``ClassifierError`` if the libraries' internals are not what the app relies on.
+    """
+    lighten_gradio()
+    from service import internals
+
+    internals.check()
+
+    from service.api import build_api
+    from service.page import build_demo, mount
+
+    api = build_api(classifier, metrics_token=settings.metrics_token, feedback=feedback)
+    if settings.mcp:
+        from service.agents import mount_agents
+
+        mount_agents(api, classifier, settings.admission_timeout)
+    # FEEDBACK=off: no controls; off for want of a database: the page says how to turn it on.
+    page = build_demo(classifier, EXAMPLE_PHOTOS, feedback=feedback if settings.feedback else None)
+    return mount(api, page, settings)
 
 
 def parse_arguments(argv: list[str]) -> None:
@@ -74,22 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         feedback = Feedback.from_settings(classifier, settings)
         # Gradio takes seconds to import: a broken model is reported before that.
-        lighten_gradio()
-        from service import internals
-
-        internals.check()
+        app = build_app(classifier, feedback, settings)
     except ClassifierError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
 
-    from service.api import build_api
-    from service.page import build_demo, mount
     from service.server import GracefulServer
 
-    api = build_api(classifier, metrics_token=settings.metrics_token, feedback=feedback)
-    # FEEDBACK=off: no controls; off for want of a database: the page says how to turn it on.
-    page = build_demo(classifier, EXAMPLE_PHOTOS, feedback=feedback if settings.feedback else None)
-    app = mount(api, page, settings)
     server = GracefulServer(app, settings)
     failure: list[ModelError] = []
 

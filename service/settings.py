@@ -199,6 +199,11 @@ class Settings(BaseSettings):
         "off (the disk is wiped at every restart)",
     )
 
+    mcp: bool = Field(
+        False,
+        description="`on` serves the MCP tool `classify_image` at `/mcp`, for AI assistants "
+        "(see `docs/mcp.md`); off, the MCP SDK is not even imported",
+    )
     # --- privacy (service.access): one switch, off unless API_KEYS or USERS is set ---
     api_keys: str | None = Field(
         None,

@@ -34,6 +34,7 @@ SMOKE_RUNS = {
     "slug": ["--variant", "ours", "--top", "2"],
     "batch": ["--repeats", "1"],
     "oci_image": [],
+    "agents": [],
 }
 """Each benchmark (``keras_app`` is the page ``startup`` and ``memory`` launch) and its
 flags; the first word names the script."""
