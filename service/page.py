@@ -189,7 +189,7 @@ def build_demo(
     ) -> tuple[dict[str, float], Explanation]:
         request_id.adopt(request.headers)
         if image_path is None:
-            raise gr.Error("Please upload an image first.")
+            raise gr.Error("Please upload an image first.", print_exception=False)
         try:
             explained = classified(image_path)
         except Exception as error:
@@ -203,9 +203,11 @@ def build_demo(
         rest; the first one's answer and heatmap show until another is picked."""
         request_id.adopt(request.headers)
         if not paths:
-            raise gr.Error("Please choose one or more photos first.")
+            raise gr.Error("Please choose one or more photos first.", print_exception=False)
         if len(paths) > BATCH_FILES:
-            raise gr.Error(f"Please choose at most {BATCH_FILES} photos at once.")
+            raise gr.Error(
+                f"Please choose at most {BATCH_FILES} photos at once.", print_exception=False
+            )
         results, refused = [], []
         for path in paths:
             try:
