@@ -1,8 +1,9 @@
 """Peak memory: the app's whole process, from launch through a burst of requests.
 
-Heroku's basic dynos have 512 MB and count every process in the dyno. Peaks
-are the kernel's own high-water mark of the process (``VmHWM``), exact and
-free to read: the one while the model loads, then, reset, the one under load.
+Heroku's basic dynos have 512 MB and count every process in the dyno: here
+the server and its decoder processes, sampled together every 20 ms
+(``tests.support.harness.ProcessMemory``): the peak while the model loads,
+then the one under load.
 
 Two bursts: ``ordinary`` (the cat photo, our page against the Keras page on
 the same weights), and ``hostile`` (clients at once, each uploading a
@@ -98,7 +99,7 @@ def main() -> None:
                 )
     kinds = f"~40 MP images of {len(LARGE)} kinds" if hostile else "the cat photo"
     title = (
-        f"Resident memory of the app, peaks by the kernel's high-water mark ({args.requests} "
+        f"Memory of the app's process tree, peaks sampled every 20 ms ({args.requests} "
         f"requests of {kinds} from {args.clients} clients)"
     )
     report(args, "memory", {title: rows})

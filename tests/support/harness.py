@@ -8,7 +8,6 @@ pipe nobody reads would fill and stall it).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
@@ -56,52 +55,43 @@ class ProcessMemory:
     The server counts its resident pages; its decoders (a zygote and the workers
     it forks, which share the zygote's pages and the server's libraries) their
     proportional ones (PSS: a page that n processes map counts 1/n in each), so
-    a page they share is not counted once per process. The server's peak is
-    the kernel's high-water mark (``VmHWM``: exact, and free to read); the
-    decoders' is sampled every ``SAMPLE_S`` by a thread of this process (their
-    peaks last as long as a large decode, hundreds of milliseconds). The two
-    peaks are added: an upper bound, as is counting the libraries the server
-    and the decoders both map more than once.
+    a page they share is not counted once per process. The tree is sampled, as
+    one sum, every ``SAMPLE_S`` by a thread of this process: a dyno's cgroup
+    sees the processes together, and adding each process's own peak would add
+    peaks that never met. A decode's buffers live for hundreds of milliseconds,
+    far longer than a sample.
     """
 
-    SAMPLE_S = 0.05
+    SAMPLE_S = 0.02
 
     def __init__(self, pid: int) -> None:
         self._root = psutil.Process(pid)
-        self._decoders_peak = 0
+        self._peak = 0
         self._lock = threading.Lock()
         threading.Thread(target=self._sample, name=f"memory of {pid}", daemon=True).start()
 
     @property
     def current(self) -> int:
         """Bytes now."""
-        return self._server("VmRSS") + self._decoders()
-
-    def take_peak(self) -> int:
-        """The peak bytes since launch or the last call, starting a new window."""
-        with self._lock:
-            decoders, self._decoders_peak = max(self._decoders_peak, self._decoders()), 0
-        server = self._server("VmHWM")
-        with contextlib.suppress(OSError):  # it exited meanwhile
-            Path(f"/proc/{self._root.pid}/clear_refs").write_text("5")  # resets VmHWM
-        return server + decoders
-
-    def _sample(self) -> None:
-        while self._root.is_running():
-            decoders = self._decoders()
-            with self._lock:
-                self._decoders_peak = max(self._decoders_peak, decoders)
-            time.sleep(self.SAMPLE_S)
-
-    def _server(self, field: str) -> int:
-        return _field(f"/proc/{self._root.pid}/status", field)
-
-    def _decoders(self) -> int:
         try:
             children = self._root.children(recursive=True)
         except psutil.Error:
             return 0
-        return sum(_field(f"/proc/{child.pid}/smaps_rollup", "Pss") for child in children)
+        server = _field(f"/proc/{self._root.pid}/status", "VmRSS")
+        return server + sum(_field(f"/proc/{c.pid}/smaps_rollup", "Pss") for c in children)
+
+    def take_peak(self) -> int:
+        """The peak bytes since launch or the last call, starting a new window."""
+        with self._lock:
+            peak, self._peak = max(self._peak, self.current), 0
+        return peak
+
+    def _sample(self) -> None:
+        while self._root.is_running():
+            now = self.current
+            with self._lock:
+                self._peak = max(self._peak, now)
+            time.sleep(self.SAMPLE_S)
 
 
 def _field(path: str, name: str) -> int:
