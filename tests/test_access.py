@@ -663,7 +663,13 @@ def test_guessing_passwords_is_throttled_per_client(web1: httpx.Client) -> None:
     assert log_in(web1, PASSWORD, **{"X-Forwarded-For": "203.0.113.67"}).status_code == 303
 
 
-def test_no_secret_reaches_the_log(dynos: list[Instance]) -> None:
+def test_no_secret_reaches_the_log(dynos: list[Instance], web1: httpx.Client) -> None:
+    """Not even a password typed in the name's box."""
+    mistaken = {"username": PASSWORD, "password": "alice"}
+    assert (
+        web1.post("login", data=mistaken, headers={"X-Forwarded-For": "203.0.113.71"}).status_code
+        == 401
+    )
     for instance in dynos:
         log = instance.log.read_text()
         for secret in (KEY, METRICS_KEY, METRICS_TOKEN, PASSWORD, SECRET):
