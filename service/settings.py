@@ -20,12 +20,12 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-if TYPE_CHECKING:
-    from service.access.credentials import Credentials
-
 from classifier.assets import DEFAULT_MODEL_PATH, ROOT
 from classifier.errors import ClassifierError
 from classifier.options import AdmissionOptions, SessionOptions
+
+if TYPE_CHECKING:
+    from service.access.credentials import Credentials
 
 ADMISSION = AdmissionOptions()
 SESSION = SessionOptions()
@@ -245,7 +245,8 @@ class Settings(BaseSettings):
         return bool(self.api_keys or self.users)
 
     def credentials(self) -> Credentials:
-        """The keys and users the app accepts (import it only when ``private``)."""
+        """The keys and users the app accepts (this imports ``service.access``: only when
+        ``private``)."""
         from service.access.credentials import Credentials, parse_keys, parse_users
 
         keys = parse_keys(self.api_keys) if self.api_keys else ()

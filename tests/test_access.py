@@ -157,28 +157,32 @@ def test_the_tool_refuses_what_the_app_would_not_read(args: list[str], stdin: st
     assert result.stderr.strip()
 
 
-def malformed_entries() -> Iterator[tuple[str, str]]:
+def malformed_entries() -> Iterator[Any]:
     """Every way an access setting can be wrong: each must stop the app."""
     key, password = hash_key(generate_key()), hash_password("long enough password")
-    yield "API_KEYS", KEY  # the key itself, pasted by mistake
-    yield "API_KEYS", ","
-    yield "API_KEYS", f"ci:{key},"
-    yield "API_KEYS", f"ci:{key},ci:{key}"
-    yield "API_KEYS", f"c i:{key}"
-    yield "API_KEYS", f"ci:{key}:admin"
-    yield "API_KEYS", f"ci:{key}:classify:extra"
-    yield "API_KEYS", f"ci:{password}"
-    yield "API_KEYS", f"ci:{key[:-10]}"
-    yield "API_KEYS", f"ci:{key.replace('hmac-sha256', 'sha1')}"
-    yield "API_KEYS", f"ci:{key[:-3]}$$$"
-    yield "USERS", "alice:hunter2hunter2"  # a password in the clear
-    yield "USERS", f"alice:{key}"
-    yield "USERS", f"alice:{password.replace('.15.', '.40.')}"  # N=2**40: no dyno has that
-    yield "USERS", f"alice:{password.replace('.15.', '.x.')}"
-    yield "SESSION_SECRET", "short"
+    cases = [
+        ("API_KEYS", KEY, "the key itself, pasted by mistake"),
+        ("API_KEYS", ",", "no entry"),
+        ("API_KEYS", f"ci:{key},", "an empty entry"),
+        ("API_KEYS", f"ci:{key},ci:{key}", "a name twice"),
+        ("API_KEYS", f"c i:{key}", "a name with a space"),
+        ("API_KEYS", f"ci:{key}:admin", "an unknown scope"),
+        ("API_KEYS", f"ci:{key}:classify:extra", "a field too many"),
+        ("API_KEYS", f"ci:{password}", "a password's hash"),
+        ("API_KEYS", f"ci:{key[:-10]}", "a digest cut short"),
+        ("API_KEYS", f"ci:{key.replace('hmac-sha256', 'sha1')}", "another scheme"),
+        ("API_KEYS", f"ci:{key[:-3]}$$$", "not base64url"),
+        ("USERS", "alice:hunter2hunter2", "a password in the clear"),
+        ("USERS", f"alice:{key}", "a key's hash"),
+        ("USERS", f"alice:{password.replace('.15.', '.40.')}", "scrypt over a dyno's memory"),
+        ("USERS", f"alice:{password.replace('.15.', '.x.')}", "a cost not a number"),
+        ("SESSION_SECRET", "short", "a short secret"),
+    ]
+    for variable, value, what in cases:
+        yield pytest.param(variable, value, id=f"{variable}: {what}")
 
 
-@pytest.mark.parametrize(("variable", "value"), list(malformed_entries()))
+@pytest.mark.parametrize(("variable", "value"), malformed_entries())
 def test_a_malformed_access_setting_stops_the_app_with_one_line_and_exit_2(
     variable: str, value: str
 ) -> None:
@@ -532,10 +536,22 @@ def test_a_key_classifies_and_its_name_is_on_the_log_line_and_the_counter(
     assert f"[{rid} ci]" in dynos[0].log.read_text()
 
 
+WRONG_AUTHORIZATIONS = {
+    **{
+        f"near miss {number}": f"Bearer {guess}"
+        for number, guess in enumerate(near_misses(KEY))
+        if guess.strip() not in (KEY, "")
+    },
+    "Basic": f"Basic {KEY}",
+    "no scheme": KEY,
+    "no key": "Bearer",
+    "its hash": f"Bearer {hash_key(KEY)}",
+    "the setting": f"Bearer {API_KEYS}",
+}
+
+
 @pytest.mark.parametrize(
-    "authorization",
-    [f"Bearer {guess}" for guess in near_misses(KEY) if guess.strip() not in (KEY, "")]
-    + [f"Basic {KEY}", KEY, "Bearer", f"Bearer {hash_key(KEY)}", f"Bearer {API_KEYS}"],
+    "authorization", WRONG_AUTHORIZATIONS.values(), ids=WRONG_AUTHORIZATIONS.keys()
 )
 def test_a_wrong_key_is_a_401(dynos: list[Instance], authorization: str) -> None:
     with calling_as(dynos[0], authorization) as stranger:
@@ -647,7 +663,13 @@ def test_guessing_passwords_is_throttled_per_client(web1: httpx.Client) -> None:
     assert log_in(web1, PASSWORD, **{"X-Forwarded-For": "203.0.113.67"}).status_code == 303
 
 
-def test_no_secret_reaches_the_log(dynos: list[Instance]) -> None:
+def test_no_secret_reaches_the_log(dynos: list[Instance], web1: httpx.Client) -> None:
+    """Not even a password typed in the name's box."""
+    mistaken = {"username": PASSWORD, "password": "alice"}
+    assert (
+        web1.post("login", data=mistaken, headers={"X-Forwarded-For": "203.0.113.71"}).status_code
+        == 401
+    )
     for instance in dynos:
         log = instance.log.read_text()
         for secret in (KEY, METRICS_KEY, METRICS_TOKEN, PASSWORD, SECRET):

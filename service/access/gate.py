@@ -35,7 +35,7 @@ OPEN = frozenset({"/healthz", "/readyz"})
 """Served to anyone: a router's and an orchestrator's health checks. (``/login`` and
 ``/logout`` are open too, when there are users: the gate serves them itself.)"""
 METRICS_TOKEN_CALLER = "metrics-token"
-PRIVATE = "This app is private: send Authorization: Bearer <key>, or log in at /login."
+PRIVATE = "This app is private: send Authorization: Bearer <key>"
 UNKNOWN_KEY = "This key is not one the app accepts."
 
 
@@ -163,7 +163,8 @@ class AccessGate:
                 request = Request(scope)
                 wanted = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(login_url(wanted), status_code=303)
-            message, challenge = PRIVATE, 'Bearer realm="app"'
+            message = f"{PRIVATE}, or log in at {LOGIN}." if self.login else f"{PRIVATE}."
+            challenge = 'Bearer realm="app"'
         return JSONResponse(
             {"error": message},
             status_code=401,

@@ -171,7 +171,9 @@ class Login:
             user = await anyio.to_thread.run_sync(self.credentials.user_for, name, password)
         if user is None:
             self.throttle.failed(client)
-            log.info("Failed login as %r from %r", name[:64], client)
+            # An unknown name is not logged: it may be a password typed in the wrong box.
+            known = name if name in self.credentials.users else "an unknown name"
+            log.info("Failed login as %r from %r", known, client)
             return page(next_path, "Wrong name or password.", 401, name=name)
         log.info("%s logged in", user.name)
         response = RedirectResponse(next_path, status_code=303)
