@@ -52,11 +52,13 @@ def lighten_gradio() -> None:
         import gradio  # noqa: F401  (first imported here)
 
 
-def build_app(classifier: Classifier, feedback: Feedback, settings: Settings) -> FastAPI:
+def build_app(classifier: Classifier, settings: Settings) -> FastAPI:
     """The REST API, the MCP tool if ``MCP=on``, and the page at ``/``, over ``classifier``.
 
-    ``ClassifierError`` if the libraries' internals are not what the app relies on.
+    ``ClassifierError`` if the feedback store's settings cannot be used (checked before
+    Gradio's seconds of imports) or the libraries' internals are not what the app relies on.
     """
+    feedback = Feedback.from_settings(classifier, settings)
     lighten_gradio()
     from service import internals
 
@@ -99,9 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             observer=PrometheusObserver(),
             isolate=True,
         )
-        feedback = Feedback.from_settings(classifier, settings)
         # Gradio takes seconds to import: a broken model is reported before that.
-        app = build_app(classifier, feedback, settings)
+        app = build_app(classifier, settings)
     except ClassifierError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code

@@ -51,7 +51,7 @@ from service.api import (
     ModelOut,
     UploadTooLargeError,
 )
-from service.guard import URL
+from service.guard import is_url
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ MAX_IMAGE_CHARS = MAX_UPLOAD_BYTES
 """The longest ``image`` taken: 20 MB of base64, an image of up to 15 MB. The
 request around it must fit the app's body limit (``BodyLimit``: 20 MB and
 64 KB), so the string is bounded here, with a tool error, before that."""
+ANY_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*:")
+"""Any scheme, host or not (``javascript:``, ``mailto:``): not base64, so named as a URL."""
 DATA_URL = re.compile(
     r"data:(?:image/[a-z0-9.+-]+|application/octet-stream)?(?:;[a-z0-9.+-]+=[a-z0-9.+-]+)*;base64,",
     re.IGNORECASE,
@@ -130,8 +132,10 @@ def names_a_place(text: str) -> bool:
     """Whether ``text`` reads as a URL or a path, in any spelling: a scheme (``http:``,
     ``HTTPS:``, ``file:``, ``C:``), ``//host``, ``\\\\share``, ``~``, percent-encoded or in
     full-width letters."""
+    if is_url(text[:2048]):
+        return True
     head = unicodedata.normalize("NFKC", urllib.parse.unquote(text[:2048])).strip().lower()
-    return bool(URL.match(head)) or head.startswith(("/", "\\", "~", "www.")) or "://" in head
+    return bool(ANY_SCHEME.match(head)) or head.startswith(("/", "\\", "~", "www."))
 
 
 def description(classifier: Classifier) -> str:
