@@ -258,17 +258,10 @@ class DecoderJail:
         """Go on, or give up, mid-job; a worker gone meanwhile was stopped by the kernel."""
         try:
             worker.conn.send(message)
-        except OSError:
-            log.warning("A decoder worker was stopped by a kernel limit: replaced")
-            raise DecodeStoppedError(STOPPED) from None
+        except OSError as error:
+            raise WorkerGoneError from error
 
-    def _send_job(self, *job: Any) -> None:
-        try:
-            self._send(*job)
-        except OSError as error:  # its end of the socket is gone
-            raise IdleWorkerLostError from error
-
-    def _send(
+    def _send_job(
         self,
         worker: Worker,
         source: ImageFile,
@@ -276,6 +269,7 @@ class DecoderJail:
         max_pixels: int,
         photo_side: int | None,
     ) -> None:
+        """The job, with the upload as a path, its bytes, or its file descriptor."""
         job: dict[str, Any] = {
             "spec": Geometry(spec.width, spec.height, spec.resize),
             "max_pixels": max_pixels,
@@ -284,20 +278,23 @@ class DecoderJail:
             "data_slack": self.data_slack,
             "cpu_seconds": self.timeout_s,
         }
+        fd = None
         if isinstance(source, str | Path):
-            worker.conn.send({**job, "kind": "path", "source": str(source)})
-            return
-        if isinstance(source, bytes):
-            worker.conn.send({**job, "kind": "bytes", "source": source})
-            return
-        fd = descriptor_of(source)
-        if fd is None:
+            job |= {"kind": "path", "source": str(source)}
+        elif isinstance(source, bytes):
+            job |= {"kind": "bytes", "source": source}
+        elif (fd := descriptor_of(source)) is None:
             source.seek(0)
-            worker.conn.send({**job, "kind": "bytes", "source": source.read()})
-            return
-        worker.conn.send({**job, "kind": "fd"})
-        with socket.socket(fileno=os.dup(worker.conn.fileno())) as channel:
-            socket.send_fds(channel, [b"\0"], [fd])
+            job |= {"kind": "bytes", "source": source.read()}
+        else:
+            job["kind"] = "fd"
+        try:
+            worker.conn.send(job)
+            if fd is not None:
+                with socket.socket(fileno=os.dup(worker.conn.fileno())) as channel:
+                    socket.send_fds(channel, [b"\0"], [fd])
+        except OSError as error:  # its end of the socket is gone
+            raise IdleWorkerLostError from error
 
     def _receive(self, worker: Worker, maxlength: int) -> bytes:
         """The worker's next message, within the deadline; its death or silence, our error."""
