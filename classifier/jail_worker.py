@@ -177,10 +177,11 @@ def decode_one(conn: Connection, job: dict[str, Any]) -> bool:
     photo = decoded.photo
     retiring = job.get("cost", 0) >= TRIM_AFTER
     size = None if photo is None else list(photo.size)
+    # Every frame ready before the first goes: the server reads them in one go.
+    frames = [decoded.input.tobytes(), *([] if photo is None else [photo.tobytes()])]
     send_json(conn, {"input": list(decoded.input.size), "photo": size, "retiring": retiring})
-    conn.send_bytes(decoded.input.tobytes())
-    if photo is not None:
-        conn.send_bytes(photo.tobytes())
+    for frame in frames:
+        conn.send_bytes(frame)
     return retiring
 
 
