@@ -201,7 +201,10 @@ def serve_forks(control: socket.socket) -> None:
     """The zygote: for each byte the server sends, fork a worker and send back its pid and
     its end of a new socket pair. Workers are reaped by the kernel (``SIGCHLD`` ignored)."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops us by closing the socket
+    # Heroku signals every process of a dyno at once: the decodes under way finish while
+    # the server drains, and the workers and the zygote end when it closes their sockets.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.SIG_IGN)
     while control.recv(1):
         ours, theirs = socket.socketpair()
         for end in (ours, theirs):  # a photo's pixels in one write, not in 200 kB turns

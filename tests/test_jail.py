@@ -333,3 +333,14 @@ def test_a_webps_canvas_is_read_from_its_first_bytes(lossless: bool, animated: b
     image.save(file, "WEBP", lossless=lossless, **frames)
     assert webp_canvas(file.getvalue()[:30]) == 1234 * 567
     assert webp_canvas(b"RIFF\0\0\0\0WEBPVP8X") == 0
+
+
+def test_sigterm_to_every_process_leaves_the_decodes_to_the_server(jail: DecoderJail) -> None:
+    """Heroku sends SIGTERM to every process of a dyno: the decoders must outlive it, as
+    the server drains, and end when it closes their sockets."""
+    assert jail._zygote is not None
+    decoders = [jail._zygote.pid, *worker_pids(jail)]
+    for pid in decoders:
+        os.kill(pid, signal.SIGTERM)
+    assert_decodes(jail, EXAMPLES / "chelsea.png")
+    assert worker_pids(jail) | {jail._zygote.pid} == set(decoders)
