@@ -113,11 +113,11 @@ class WorkerProtocolError(Exception):
 
 @dataclass
 class Worker:
-    """One forked decoder: its pid (a pidfd, so a kill can never reach another process)
-    and the socket the server talks to it over."""
+    """One forked decoder: its pid (and on Linux a pidfd, so a kill can never reach
+    another process) and the socket the server talks to it over."""
 
     pid: int
-    pidfd: int
+    pidfd: int | None
     conn: Connection
     clean: bool = True
     """Between jobs: safe to hand the next upload to."""
@@ -126,9 +126,12 @@ class Worker:
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):  # it died already
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            if self.pidfd is None:  # macOS: no pidfd
+                os.kill(self.pid, signal.SIGKILL)
+            else:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                os.close(self.pidfd)
         self.conn.close()
-        os.close(self.pidfd)
 
 
 @dataclass(frozen=True)
@@ -381,7 +384,8 @@ class DecoderJail:
                     message, fds = b"", []
                 if len(message) == 4 and len(fds) == 1:
                     pid = int.from_bytes(message, "little")
-                    return Worker(pid, os.pidfd_open(pid), Connection(fds[0]))
+                    pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+                    return Worker(pid, pidfd, Connection(fds[0]))
                 for fd in fds:
                     os.close(fd)
                 log.warning("The decoders' zygote did not answer (try %d): restarting it", attempt)

@@ -56,10 +56,15 @@ def send_json(conn: Connection, message: dict[str, Any]) -> None:
     conn.send_bytes(json.dumps(message).encode())
 
 
-def data_in_use() -> int:
-    """The process's data segment now (heap and private mappings), as RLIMIT_DATA counts it."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[5]) * resource.getpagesize()
+def data_in_use() -> int | None:
+    """The process's data segment now (heap and private mappings), as RLIMIT_DATA counts it;
+    ``None`` where the kernel does not say (macOS, which does not hold a process's mapped
+    memory to RLIMIT_DATA either: there the CPU time and the deadline bound a decode)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[5]) * resource.getpagesize()
+    except FileNotFoundError:
+        return None
 
 
 @contextmanager
@@ -79,6 +84,8 @@ def bounded(conn: Connection, job: dict[str, Any], reserved: int = 0) -> Iterato
     held = job["admitted"]
 
     def hold(memory: int) -> None:
+        if base is None:
+            return
         limit = base + memory + job["data_slack"] + reserved
         resource.setrlimit(resource.RLIMIT_DATA, (limit, hard[resource.RLIMIT_DATA]))
 
