@@ -33,8 +33,10 @@ FLOAT32_TAG = "localhost/slim-inception:test-float32"
 INT8_TAG = "localhost/slim-inception:test-int8"
 pytestmark = pytest.mark.slow  # builds and runs images
 
-MAX_ABOVE_BASE = 420e6
-"""The image's own layers, float32 model included (a naive single-stage image: 557 MB)."""
+MAX_ABOVE_BASE = 480e6
+"""The image's own layers, float32 model included (a naive single-stage image: 557 MB).
+406 MB until the feedback store (SQLAlchemy, psycopg and its libpq: 41 MB installed)
+and the MCP SDK (23 MB) joined the runtime: 470 MB measured since (2026-12-07)."""
 HELD_OUT_PHOTOS = 40
 CLIENTS = 8
 
