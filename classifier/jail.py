@@ -177,13 +177,14 @@ class DecoderJail:
         max_pixels: int,
         admit: Admission,
         photo_side: int | None,
+        log_tag: str = "-",
     ) -> Decoded:
         """Decode ``source`` in a worker, once ``admit(cost)`` lets it, as ``decode_with_photo``
-        would: the same pixels, bit for bit."""
+        would: the same pixels, bit for bit. The worker's log lines carry ``log_tag``."""
         self.start()
         for _ in range(self.workers + 1):
             try:
-                return self._decode(source, spec, max_pixels, admit, photo_side)
+                return self._decode(source, spec, max_pixels, admit, photo_side, log_tag)
             except IdleWorkerLostError:
                 log.warning("A decoder worker had died while idle: replaced")
         raise DecodeStoppedError(STOPPED)
@@ -195,10 +196,11 @@ class DecoderJail:
         max_pixels: int,
         admit: Admission,
         photo_side: int | None,
+        log_tag: str,
     ) -> Decoded:
         with self._worker() as worker, ExitStack() as reserved:
             reserved.enter_context(admit(PREADMITTED))
-            self._send_job(worker, source, spec, max_pixels, photo_side)
+            self._send_job(worker, source, spec, max_pixels, photo_side, log_tag)
             try:
                 reply = self._receive_json(worker)
             except WorkerGoneError as error:
@@ -271,9 +273,11 @@ class DecoderJail:
         spec: Preprocessing,
         max_pixels: int,
         photo_side: int | None,
+        log_tag: str,
     ) -> None:
         """The job, with the upload as a path, its bytes, or its file descriptor."""
         job: dict[str, Any] = {
+            "log_tag": log_tag,
             "spec": Geometry(spec.width, spec.height, spec.resize),
             "max_pixels": max_pixels,
             "photo_side": photo_side,

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import resource
 import signal
 import socket
@@ -161,6 +162,7 @@ def decode_one(conn: Connection, job: dict[str, Any]) -> bool:
     pages it grew to, and pages it shared with the zygote have become its own;
     a fresh fork costs ~10 ms, beside the second such a decode takes.
     """
+    JOB_TAG.tag = job["log_tag"]
     source = source_of(conn, job)
     try:
         with bounded(conn, job, reserved_by_header(source, job["max_pixels"])) as admit:
@@ -230,10 +232,29 @@ def serve_forks(control: socket.socket) -> None:
         theirs.close()
 
 
+class JobTag(logging.Filter):
+    """Puts the job's tag (its request's id, from the server) on each record, and escapes
+    what a decoder's words may carry of the file: one record, one line."""
+
+    tag = "-"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = self.tag
+        record.msg = ONE_LINE.sub(lambda c: repr(c.group())[1:-1], record.getMessage())
+        record.args = None
+        return True
+
+
+ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""What could break a log line or forge another."""
+JOB_TAG = JobTag()
+
+
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s [decoder %(process)d]: %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.addFilter(JOB_TAG)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s [%(request_id)s]: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("pyvips").setLevel(logging.WARNING)
     configure_vips(int(os.environ.get("VIPS_THREADS", "1")))
     # The imports' objects stay shared with every worker: the collector never writes to them.

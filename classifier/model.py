@@ -237,7 +237,12 @@ class Classifier:
         try:
             if self.jail and not isinstance(image, Image.Image):
                 isolated = self.jail.decode(
-                    image, spec, self.max_pixels, self.budget.reserve, photo_side
+                    image,
+                    spec,
+                    self.max_pixels,
+                    self.budget.reserve,
+                    photo_side,
+                    self.observer.context(),
                 )
                 pixels, photo = isolated.pixels, isolated.photo
             else:

@@ -16,3 +16,8 @@ class Observer:
 
     def inferred(self, seconds: float) -> None:
         """One caller's model run (its wait for the model included)."""
+
+    def context(self) -> str:
+        """What log lines written for the current caller carry (a request's id), so a
+        decoder process's lines name the request too; ``-`` outside one."""
+        return "-"

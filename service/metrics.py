@@ -67,6 +67,11 @@ class PrometheusObserver(Observer):
     def inferred(self, seconds: float) -> None:
         INFERENCE_SECONDS.observe(seconds)
 
+    def context(self) -> str:
+        from service.request_id import current  # request_id counts its errors here
+
+        return current.get()
+
 
 @contextmanager
 def observed(route: str) -> Iterator[None]:
