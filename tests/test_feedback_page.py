@@ -119,6 +119,10 @@ def test_wrong_it_is_a_label_found_by_typing_part_of_it(
         expect(box.locator("#feedback-consent")).to_contain_text(CONSENT)
         expect(box.locator("#feedback-status")).to_have_text("")
         assert stored(feedback_app.database) == before, "nothing is stored without a click"
+        page.wait_for_function(  # the answer's heatmap, which the page fetches, is in
+            "() => [...document.querySelectorAll('#heatmap img')]"
+            ".some(image => image.complete && image.naturalWidth > 0)"
+        )
         taken = routes_taken(page)
         send_wrong(page, "retriev", "golden retriever")
         expect(box.get_by_role("button", name="Send")).to_be_disabled()
