@@ -29,13 +29,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 import pyvips
@@ -215,7 +214,7 @@ class DecoderJail:
                 self._tell(worker, ("go",))
                 reply = self._receive_json(worker)
             if "input" not in reply:
-                return self._refused(worker, reply)
+                self._refused(worker, reply)
             return self._pixels(worker, reply, spec, photo_side)
 
     @staticmethod
@@ -305,8 +304,7 @@ class DecoderJail:
 
     def _receive(self, worker: Worker, maxlength: int) -> bytes:
         """The worker's next message, within the deadline; its death or silence, our error."""
-        deadline = time.monotonic() + self.timeout_s
-        if not worker.conn.poll(max(0.0, deadline - time.monotonic())):
+        if not worker.conn.poll(self.timeout_s):
             log.warning("A decode passed its %.0f s deadline: its worker is killed", self.timeout_s)
             raise DecodeTimeoutError(
                 f"This image took too long to decode (over {self.timeout_s:g} s) and was "
@@ -330,7 +328,7 @@ class DecoderJail:
         worker.retiring = reply.get("retiring") is True
         return reply
 
-    def _refused(self, worker: Worker, reply: dict[str, Any]) -> Decoded:
+    def _refused(self, worker: Worker, reply: dict[str, Any]) -> NoReturn:
         """The worker's refusal, as the user's error; or its stop, as ours."""
         if reply.get("stopped") == "memory":
             worker.retiring = True
