@@ -56,6 +56,7 @@ def main() -> int:
             )
         seconds = time.perf_counter() - start
         peak = app.memory.take_peak()
+        peak_processes = app.memory.peak_processes
         log = app.log.read_text()
     print(
         f"{args.cases} REST and {args.page_cases} page cases in {seconds:.0f} s (seed {args.seed})"
@@ -64,6 +65,8 @@ def main() -> int:
     report(args, "fuzz", {"Answers, by kind": answers})
     print(f"alive after: {alive}; classifies after: {classifies}")
     print(f"peak memory: {peak / MB:.0f} MB (a dyno has {HEROKU_MEMORY_MB})")
+    for process, held in peak_processes.items():
+        print(f"  {held / MB:5.0f} MB  {process}")
     print(f"tracebacks in the log: {log.count('Traceback')}")
     for failure in tally.failures:
         print(f"FAILED {failure}")

@@ -58,6 +58,6 @@ def test_the_benchmark_runs_to_the_end(run: str, model_path: Path, tmp_path: Pat
         timeout=540,
         check=False,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert json.loads(tables.read_text())["tables"], "no tables written"

@@ -67,40 +67,67 @@ class ProcessMemory:
     def __init__(self, pid: int) -> None:
         self._root = psutil.Process(pid)
         self._peak = 0
+        self.peak_processes: dict[str, int] = {}
+        """What each process held at the peak, by pid and command: why a peak was high."""
         self._lock = threading.Lock()
         threading.Thread(target=self._sample, name=f"memory of {pid}", daemon=True).start()
 
     @property
     def current(self) -> int:
         """Bytes now."""
+        return sum(self.processes().values())
+
+    def processes(self) -> dict[str, int]:
+        """Bytes now, by process (``pid command``)."""
         try:
             children = self._root.children(recursive=True)
         except psutil.Error:
-            return 0
-        server = _field(f"/proc/{self._root.pid}/status", "VmRSS")
-        return server + sum(_field(f"/proc/{c.pid}/smaps_rollup", "Pss") for c in children)
+            return {}
+        own = _read(f"/proc/{self._root.pid}/cmdline")
+        held = {_name(self._root.pid, own): _field(f"/proc/{self._root.pid}/status", "VmRSS")}
+        for child in children:
+            command = _read(f"/proc/{child.pid}/cmdline")
+            # A child still running the server's command has not exec'd yet: a vfork()ed
+            # child maps the server's own pages (its PSS would count them twice).
+            if command != own:
+                held[_name(child.pid, command)] = _field(f"/proc/{child.pid}/smaps_rollup", "Pss")
+        return held
 
     def take_peak(self) -> int:
         """The peak bytes since launch or the last call, starting a new window."""
         with self._lock:
-            peak, self._peak = max(self._peak, self.current), 0
+            self._record(self.processes())
+            peak, self._peak = self._peak, 0
         return peak
+
+    def _record(self, held: dict[str, int]) -> None:
+        if sum(held.values()) > self._peak:
+            self._peak, self.peak_processes = sum(held.values()), held
 
     def _sample(self) -> None:
         while self._root.is_running():
-            now = self.current
+            held = self.processes()
             with self._lock:
-                self._peak = max(self._peak, now)
+                self._record(held)
             time.sleep(self.SAMPLE_S)
+
+
+def _name(pid: int, command: str) -> str:
+    return f"{pid} {command.replace(chr(0), ' ').strip()[:60]}"
+
+
+def _read(path: str) -> str:
+    """A /proc file's text; empty once the process has exited."""
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
 
 
 def _field(path: str, name: str) -> int:
     """A ``Name: N kB`` line of a /proc file, in bytes; 0 once the process has exited
     (a zombie's files lack the line)."""
-    try:
-        _, found, rest = Path(path).read_text().partition(f"\n{name}:")
-    except OSError:
-        return 0
+    _, found, rest = _read(path).partition(f"\n{name}:")
     return int(rest.split()[0]) * 1024 if found else 0
 
 
