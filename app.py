@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 from classifier.assets import EXAMPLE_PHOTOS
 from classifier.errors import ClassifierError
 from classifier.model import Classifier, ModelError
-from classifier.preprocess import configure_vips
 from service.deferred import defer_import, hidden
 from service.feedback import Feedback
 from service.metrics import PrometheusObserver
@@ -92,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         settings = load_settings()
-        configure_vips(settings.vips_threads)
         classifier = Classifier(
             settings.model_path,
             settings.session(),

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
-import pyvips
 from PIL import Image
 
 from classifier.admission import BusyError
@@ -146,11 +145,15 @@ class DecoderJail:
     """``workers`` decoder processes, each decode bounded by the kernel and a deadline.
 
     ``timeout_s`` is each decode's wall-clock deadline and its CPU time;
-    ``wait_s`` how long a request may wait for a free worker before a 503.
+    ``wait_s`` how long a request may wait for a free worker before a 503;
+    ``vips_threads`` the threads each libvips decode uses.
     """
 
-    def __init__(self, workers: int, timeout_s: float, wait_s: float) -> None:
+    def __init__(
+        self, workers: int, timeout_s: float, wait_s: float, vips_threads: int = 1
+    ) -> None:
         self.workers = workers
+        self.vips_threads = vips_threads
         self.timeout_s = timeout_s
         self.wait_s = wait_s
         self.data_slack = DATA_SLACK
@@ -399,7 +402,7 @@ class DecoderJail:
         environment = {name: os.environ[name] for name in ENVIRONMENT if name in os.environ}
         environment |= WORKER_ENVIRONMENT
         environment["PYTHONPATH"] = str(PACKAGE_ROOT)
-        environment["VIPS_THREADS"] = str(pyvips.concurrency_get())  # as ``configure_vips`` set it
+        environment["VIPS_THREADS"] = str(self.vips_threads)
         self._zygote = subprocess.Popen(
             [sys.executable, "-m", "classifier.jail_worker", str(theirs.fileno())],
             pass_fds=[theirs.fileno()],

@@ -202,7 +202,12 @@ class Classifier:
         )
         self._run_batched = Batcher(self._run, admission.max_batch)
         self.jail = (
-            DecoderJail(admission.decoders, admission.decode_timeout_s, admission.timeout_s)
+            DecoderJail(
+                admission.decoders,
+                admission.decode_timeout_s,
+                admission.timeout_s,
+                admission.vips_threads,
+            )
             if isolate
             else None
         )

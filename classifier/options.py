@@ -65,7 +65,7 @@ class AdmissionOptions:
     images: ONNX Runtime's arena keeps the activations of the largest batch
     until the burst ends. Where decoding is isolated in worker processes
     (``classifier.jail``), a decode is stopped past ``decode_timeout_s``
-    seconds, wall-clock or CPU.
+    seconds, wall-clock or CPU, and libvips uses ``vips_threads`` threads.
     """
 
     memory_budget_mb: int = math.ceil(LARGEST_DECODE_COST / MB)
@@ -73,6 +73,7 @@ class AdmissionOptions:
     timeout_s: float = 20.0
     max_batch: int = 2
     decode_timeout_s: float = 10.0
+    vips_threads: int = 1
 
     @property
     def decoders(self) -> int:

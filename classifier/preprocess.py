@@ -32,10 +32,10 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import numpy as np
-import pyvips
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from classifier import formats
@@ -43,6 +43,8 @@ from classifier.formats import ImageError, ImageTooLargeError, UnsupportedImageE
 from classifier.options import BASE_COST, DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
+    import pyvips
+
     from classifier.metadata import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -137,18 +139,17 @@ DECODER_ERRORS = (
     ValueError,
     EOFError,
     struct.error,
-    pyvips.Error,
     RuntimeError,
 )
-"""What Pillow's and libvips' decoders raise on a broken file (Pillow's plugins
-use all of these for "this is not what the header promised"; libavif and
-libheif raise ``RuntimeError``, libheif also where the coded size exceeds the
-header's)."""
+"""What Pillow's decoders raise on a broken file (Pillow's plugins use all of
+these for "this is not what the header promised"; libavif and libheif raise
+``RuntimeError``, libheif also where the coded size exceeds the header's)."""
 
 
 @contextmanager
-def decoding() -> Iterator[None]:
-    """Around a decoder's own calls only: its failure on the file is the user's 400.
+def decoding(*also: type[Exception]) -> Iterator[None]:
+    """Around a decoder's own calls only: its failure on the file (one of
+    ``DECODER_ERRORS``, or of ``also``) is the user's 400.
 
     The decoder's words are for the log; the user reads ``CORRUPT``. Errors
     raised anywhere else (our own numpy code) stay what they are: a server bug.
@@ -157,27 +158,38 @@ def decoding() -> Iterator[None]:
         yield
     except ImageError:
         raise
-    except DECODER_ERRORS as error:
+    except (*DECODER_ERRORS, *also) as error:
         log.info("Decoder failed: %s: %s", type(error).__name__, error)
         raise ImageError(CORRUPT) from error
 
 
-def configure_vips(threads: int = 1) -> None:
-    """Set libvips up for untrusted uploads, once per process.
+@functools.cache
+def vips() -> ModuleType:
+    """pyvips, imported and set up for untrusted uploads when the first file needs it: a
+    process that decodes nothing (the server, whose decoders do) never loads libvips.
 
     Only the three loaders the app needs may run (libvips has dozens, some
     far less hardened); its operation cache, which would keep decoded
-    images alive between requests, is off; and each decode uses ``threads``
-    threads, as requests already decode side by side on the dyno's cores.
+    images alive between requests, is off; and each decode uses one thread
+    (``configure_vips`` sets another count), as requests already decode side
+    by side on the dyno's cores.
     """
+    import pyvips
+
     pyvips.cache_set_max(0)
     pyvips.cache_set_max_mem(0)
     pyvips.cache_set_max_files(0)
-    pyvips.concurrency_set(threads)
+    pyvips.concurrency_set(1)
     pyvips.block_untrusted_set(True)
     pyvips.operation_block_set("VipsForeignLoad", True)
     for loader in VIPS_LOADERS.values():
         pyvips.operation_block_set(loader, False)
+    return pyvips
+
+
+def configure_vips(threads: int) -> None:
+    """Each libvips decode of this process uses ``threads`` threads."""
+    vips().concurrency_set(threads)
 
 
 VIPS_LOADERS = {
@@ -188,8 +200,6 @@ VIPS_LOADERS = {
 """Pillow's name of a format -> the libvips loader that decodes it shrinking.
 (JPEG is Pillow's: its draft mode decodes with less memory, and faster.)"""
 JPEG_FORMATS = {"JPEG", "MPO"}
-
-configure_vips()  # safe for every importer; the app sets its thread count from its settings
 
 
 def open_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -433,7 +443,8 @@ def _decode_jpeg_drafted(image: Image.Image, source: ImageSource, spec: InputSiz
 
 def _decode_with_vips(image: Image.Image, source: ImageSource, spec: InputSize) -> Image.Image:
     """libvips shrinks on load to twice the input size, orients, then flattens and converts."""
-    with decoding():
+    pyvips = vips()
+    with decoding(pyvips.Error):
         shrunk = pyvips.Image.thumbnail_source(
             _vips_source(source),
             2 * spec.width,
@@ -451,6 +462,7 @@ def _decode_with_vips(image: Image.Image, source: ImageSource, spec: InputSize) 
 
 def _vips_source(source: str | Path | bytes | BinaryIO) -> pyvips.Source:
     """Where libvips reads the file from: an upload on disk is never read into memory."""
+    pyvips = vips()
     if isinstance(source, str | Path):
         return pyvips.Source.new_from_file(str(source))
     if isinstance(source, bytes):

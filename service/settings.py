@@ -85,7 +85,7 @@ class Settings(BaseSettings):
         "handed back by the last run before the queue empties",
     )
     vips_threads: int = Field(
-        1,
+        ADMISSION.vips_threads,
         ge=1,
         le=64,
         description="libvips threads per decode (requests already decode side by side)",
@@ -275,6 +275,7 @@ class Settings(BaseSettings):
             self.admission_timeout,
             self.max_batch,
             self.decode_timeout,
+            self.vips_threads,
         )
 
 

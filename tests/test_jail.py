@@ -279,6 +279,41 @@ def test_workers_hold_no_secret_and_no_connection(monkeypatch: pytest.MonkeyPatc
             jail.close()
 
 
+LIBVIPS_IN_THE_SERVER = """
+import sys
+from PIL import Image
+from classifier.admission import MemoryBudget
+from classifier.jail import DecoderJail
+from classifier.metadata import Preprocessing
+
+Image.new("RGB", (3000, 2000), "teal").save(sys.argv[1])  # over 4 MP: libvips shrinks it
+jail = DecoderJail(workers=1, timeout_s=10, wait_s=10, vips_threads=3)
+jail.start()
+worker = jail._idle.queue[0].pid
+with open(sys.argv[1], "rb") as upload:
+    decoded = jail.decode(upload, Preprocessing(), 40_000_000, MemoryBudget(1 << 30, 10).reserve, 640)
+assert decoded.pixels[0, 0].tolist() == [0, 128, 128], decoded.pixels[0, 0]
+server = "libvips" in open("/proc/self/maps").read() or "pyvips" in sys.modules
+print(server, "libvips" in open(f"/proc/{worker}/maps").read(), open(f"/proc/{worker}/environ").read())
+jail.close()
+"""
+
+
+def test_the_server_never_loads_libvips_its_workers_decode_with_it(tmp_path: Path) -> None:
+    """libvips costs a process ~10 MB: the server, whose workers decode, keeps it out."""
+    result = subprocess.run(
+        [sys.executable, "-c", LIBVIPS_IN_THE_SERVER, str(tmp_path / "large.png")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    server, worker, environment = result.stdout.split(" ", 2)
+    assert (server, worker) == ("False", "True")
+    assert "VIPS_THREADS=3\0" in environment
+
+
 def sockets_of(pid: int) -> set[str]:
     links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
     return {link for link in links if link.startswith("socket:")}
