@@ -217,11 +217,18 @@ def interleaved(
 
 @contextmanager
 def serving(
-    model: Path, log: Path, script: str = "app.py", env: dict[str, str] | None = None
+    model: Path,
+    log: Path,
+    script: str = "app.py",
+    env: dict[str, str] | None = None,
+    watch_memory: bool = True,
 ) -> Iterator[Instance]:
     """``script`` launched by the harness as the Procfile does, on loopback only, until
-    the block ends: a benchmark has no business listening beyond this machine."""
-    instance = harness.launch(model, log, script=script, HOST="127.0.0.1", **(env or {}))
+    the block ends: a benchmark has no business listening beyond this machine. A benchmark
+    of time turns ``watch_memory`` off: the samples would take CPU from what it times."""
+    instance = harness.launch(
+        model, log, script=script, watch_memory=watch_memory, HOST="127.0.0.1", **(env or {})
+    )
     try:
         harness.wait_until_ready(instance, READY_PATHS[script], timeout=300)
         yield instance

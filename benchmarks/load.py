@@ -61,7 +61,9 @@ def main() -> None:
     throughput_rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="load-") as folder:
         for model in models(args):
-            with serving(model, Path(folder) / "app.log", env=dict(args.env)) as server:
+            with serving(
+                model, Path(folder) / "app.log", env=dict(args.env), watch_memory=False
+            ) as server:
                 classifier = Classifier(model)
                 jailed = Classifier(model, isolate=True)
                 clients = {name: kind(server.url) for name, kind in PROTOCOLS.items()}

@@ -30,7 +30,7 @@ def first_prediction(
     model: Path, script: str, log: Path, env: dict[str, str]
 ) -> tuple[float, float]:
     """Seconds from launch until the page answers, and until its first prediction."""
-    with serving(model, log, script, env) as server:
+    with serving(model, log, script, env, watch_memory=False) as server:
         client = connect(server.url)
         try:
             classify_over_http(client, CAT_PHOTO)

@@ -290,11 +290,13 @@ Image.new("RGB", (3000, 2000), "teal").save(sys.argv[1])  # over 4 MP: libvips s
 jail = DecoderJail(workers=1, timeout_s=10, wait_s=10, vips_threads=3)
 jail.start()
 worker = jail._idle.queue[0].pid
+admit = MemoryBudget(1 << 30, 10).reserve
 with open(sys.argv[1], "rb") as upload:
-    decoded = jail.decode(upload, Preprocessing(), 40_000_000, MemoryBudget(1 << 30, 10).reserve, 640)
+    decoded = jail.decode(upload, Preprocessing(), 40_000_000, admit, 640)
 assert decoded.pixels[0, 0].tolist() == [0, 128, 128], decoded.pixels[0, 0]
 server = "libvips" in open("/proc/self/maps").read() or "pyvips" in sys.modules
-print(server, "libvips" in open(f"/proc/{worker}/maps").read(), open(f"/proc/{worker}/environ").read())
+in_worker = "libvips" in open(f"/proc/{worker}/maps").read()
+print(server, in_worker, open(f"/proc/{worker}/environ").read())
 jail.close()
 """
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from classifier.assets import ROOT
@@ -52,25 +51,39 @@ def procfile_command(script: str = "app.py") -> str:
 class ProcessMemory:
     """An app's memory as a dyno counts it: the server and its decoder processes together.
 
-    The server counts its resident pages; its decoders (a zygote and the workers
-    it forks, which share the zygote's pages and the server's libraries) their
-    proportional ones (PSS: a page that n processes map counts 1/n in each), so
-    a page they share is not counted once per process. The tree is sampled, as
-    one sum, every ``SAMPLE_S`` by a thread of this process: a dyno's cgroup
-    sees the processes together, and adding each process's own peak would add
-    peaks that never met. A decode's buffers live for hundreds of milliseconds,
-    far longer than a sample.
+    Each page counts once. The server counts its resident pages; its decoders
+    (a zygote and the workers it forks, which share the zygote's pages) their
+    proportional ones (PSS: a page that n processes map counts 1/n in each),
+    less their share of the pages of files the server maps too (libpython,
+    numpy's and Pillow's libraries: already in the server's count). That
+    share only grows as a decoder runs more of a library, and is read again
+    at most every ``REFRESH_S`` (a full ``smaps`` costs milliseconds): in
+    between, a little is counted twice, never too little. With ``watch``, the tree
+    is sampled, as one sum, every ``SAMPLE_S`` by a thread of this process: a
+    dyno's cgroup sees the processes together, and adding each process's own
+    peak would add peaks that never met. A decode's buffers live for hundreds
+    of milliseconds, far longer than a sample. A sample costs about 3 ms of
+    CPU: a latency benchmark does without (``watch=False``, peaks are then
+    only what ``take_peak`` sees).
     """
 
     SAMPLE_S = 0.02
+    REFRESH_S = 1.0
 
-    def __init__(self, pid: int) -> None:
-        self._root = psutil.Process(pid)
+    def __init__(self, pid: int, watch: bool = True) -> None:
+        if not Path(f"/proc/self/task/{os.getpid()}/children").exists():
+            raise RuntimeError("this kernel lists no children in /proc (CONFIG_PROC_CHILDREN)")
+        self._pid = pid
+        self._shared: dict[int, tuple[float, int]] = {}
+        """A decoder's pid -> when it was read, and its PSS in the files the server maps."""
         self._peak = 0
+        self._peak_processes: dict[str, int] = {}
         self.peak_processes: dict[str, int] = {}
-        """What each process held at the peak, by pid and command: why a peak was high."""
+        """What each process held at the peak ``take_peak`` last returned, by pid and
+        command: why a peak was high."""
         self._lock = threading.Lock()
-        threading.Thread(target=self._sample, name=f"memory of {pid}", daemon=True).start()
+        if watch:
+            threading.Thread(target=self._sample, name=f"memory of {pid}", daemon=True).start()
 
     @property
     def current(self) -> int:
@@ -79,37 +92,75 @@ class ProcessMemory:
 
     def processes(self) -> dict[str, int]:
         """Bytes now, by process (``pid command``)."""
-        try:
-            children = self._root.children(recursive=True)
-        except psutil.Error:
-            return {}
-        own = _read(f"/proc/{self._root.pid}/cmdline")
-        held = {_name(self._root.pid, own): _field(f"/proc/{self._root.pid}/status", "VmRSS")}
+        own = _read(f"/proc/{self._pid}/cmdline")
+        held = {_name(self._pid, own): _field(f"/proc/{self._pid}/status", "VmRSS")}
+        children = _descendants(self._pid)
         for child in children:
-            command = _read(f"/proc/{child.pid}/cmdline")
+            command = _read(f"/proc/{child}/cmdline")
             # A child still running the server's command has not exec'd yet: a vfork()ed
             # child maps the server's own pages (its PSS would count them twice).
             if command != own:
-                held[_name(child.pid, command)] = _field(f"/proc/{child.pid}/smaps_rollup", "Pss")
+                held[_name(child, command)] = self._own_pss(child)
+        self._shared = {pid: read for pid, read in self._shared.items() if pid in children}
         return held
+
+    def _own_pss(self, child: int) -> int:
+        """A decoder's PSS less its share of the server's files' pages."""
+        pss = _field(f"/proc/{child}/smaps_rollup", "Pss")
+        read_at, shared = self._shared.get(child, (-self.REFRESH_S, 0))
+        if time.monotonic() - read_at >= self.REFRESH_S:
+            shared = _pss_in_files(child, _mapped_files(self._pid))
+            self._shared[child] = (time.monotonic(), shared)
+        return max(0, pss - shared)
 
     def take_peak(self) -> int:
         """The peak bytes since launch or the last call, starting a new window."""
         with self._lock:
             self._record(self.processes())
-            peak, self._peak = self._peak, 0
+            peak, self.peak_processes = self._peak, self._peak_processes
+            self._peak, self._peak_processes = 0, {}
         return peak
 
     def _record(self, held: dict[str, int]) -> None:
         if sum(held.values()) > self._peak:
-            self._peak, self.peak_processes = sum(held.values()), held
+            self._peak, self._peak_processes = sum(held.values()), held
 
     def _sample(self) -> None:
-        while self._root.is_running():
+        while Path(f"/proc/{self._pid}").exists():
             held = self.processes()
             with self._lock:
                 self._record(held)
             time.sleep(self.SAMPLE_S)
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid``'s children, theirs, and so on, from the kernel's per-thread lists (a tenth
+    of what scanning every process costs)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    listed = (_read(f"/proc/{pid}/task/{task}/children") for task in tasks)
+    children = [int(child) for text in listed for child in text.split()]
+    return [*children, *(grandchild for child in children for grandchild in _descendants(child))]
+
+
+def _mapped_files(pid: int) -> set[str]:
+    """The files ``pid`` maps (its libraries), by path."""
+    lines = (line.split(maxsplit=5) for line in _read(f"/proc/{pid}/maps").splitlines())
+    return {fields[5] for fields in lines if len(fields) == 6 and fields[5].startswith("/")}
+
+
+def _pss_in_files(pid: int, files: set[str]) -> int:
+    """Bytes of ``pid``'s PSS in mappings of ``files``."""
+    total, counting = 0, False
+    for line in _read(f"/proc/{pid}/smaps").splitlines():
+        fields = line.split(maxsplit=5)
+        if fields and not fields[0].endswith(":"):  # a mapping's header: its range first
+            counting = len(fields) == 6 and fields[5] in files
+        elif counting and fields[0] == "Pss:":
+            total += int(fields[1]) * 1024
+    return total
 
 
 def _name(pid: int, command: str) -> str:
@@ -144,9 +195,15 @@ class Instance:
 
 
 def launch(
-    model_path: Path, log: Path, port: int | None = None, script: str = "app.py", **env: str
+    model_path: Path,
+    log: Path,
+    port: int | None = None,
+    script: str = "app.py",
+    watch_memory: bool = True,
+    **env: str,
 ) -> Instance:
-    """Run the Procfile's web command on ``port`` (a free one by default)."""
+    """Run the Procfile's web command on ``port`` (a free one by default); ``watch_memory``:
+    see ``ProcessMemory``."""
     port = port or free_port()
     environment = {
         **os.environ,
@@ -165,7 +222,13 @@ def launch(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return Instance(f"http://127.0.0.1:{port}/", process, log, ProcessMemory(process.pid), launched)
+    return Instance(
+        f"http://127.0.0.1:{port}/",
+        process,
+        log,
+        ProcessMemory(process.pid, watch_memory),
+        launched,
+    )
 
 
 def wait_until_ready(
