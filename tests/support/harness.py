@@ -8,6 +8,7 @@ pipe nobody reads would fill and stall it).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -95,21 +96,22 @@ class ProcessMemory:
         own = _read(f"/proc/{self._pid}/cmdline")
         held = {_name(self._pid, own): _field(f"/proc/{self._pid}/status", "VmRSS")}
         children = _descendants(self._pid)
+        server_files = functools.cache(functools.partial(_mapped_files, self._pid))  # once
         for child in children:
             command = _read(f"/proc/{child}/cmdline")
             # A child still running the server's command has not exec'd yet: a vfork()ed
             # child maps the server's own pages (its PSS would count them twice).
             if command != own:
-                held[_name(child, command)] = self._own_pss(child)
+                held[_name(child, command)] = self._own_pss(child, server_files)
         self._shared = {pid: read for pid, read in self._shared.items() if pid in children}
         return held
 
-    def _own_pss(self, child: int) -> int:
-        """A decoder's PSS less its share of the server's files' pages."""
+    def _own_pss(self, child: int, server_files: Callable[[], set[str]]) -> int:
+        """A decoder's PSS less its share of the pages of ``server_files()``."""
         pss = _field(f"/proc/{child}/smaps_rollup", "Pss")
         read_at, shared = self._shared.get(child, (-self.REFRESH_S, 0))
         if time.monotonic() - read_at >= self.REFRESH_S:
-            shared = _pss_in_files(child, _mapped_files(self._pid))
+            shared = _pss_in_files(child, server_files())
             self._shared[child] = (time.monotonic(), shared)
         return max(0, pss - shared)
 
