@@ -61,8 +61,68 @@ def to_onnx(model: Any, opset: int, shape: Interface) -> onnx.ModelProto:
     for output, name in zip(list(proto.graph.output), names, strict=True):
         _rename_tensor(proto.graph, output.name, name)
     proto.graph.name = model.name
+    drop_noop_reshapes(proto)
     canonicalize_names(proto.graph)
     return proto
+
+
+def drop_noop_reshapes(proto: onnx.ModelProto) -> None:
+    """Remove each Reshape whose input already has the shape it asks for.
+
+    tf2onnx turns a squeeze-and-excite block's 1x1 convolutions into Reshapes and Convs
+    (EfficientNet's, MobileNetV3's) and removes the Reshapes that undo each other in an
+    order that follows object addresses, so one conversion in a few kept one no-op Reshape
+    more than another: removing all of them gives every conversion the same graph.
+    """
+    graph = proto.graph
+    shapes = _inferred_shapes(proto)
+    constants = {initializer.name: initializer for initializer in graph.initializer}
+    outputs = {value.name for value in graph.output}
+    replaced: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        node.input[:] = [replaced.get(name, name) for name in node.input]
+        allows_zero = any(
+            attribute.name == "allowzero" and attribute.i for attribute in node.attribute
+        )
+        if node.op_type == "Reshape" and node.output[0] not in outputs and not allows_zero:
+            source, target = node.input[0], constants.get(node.input[1])
+            if target is not None and _reshapes_to_itself(shapes.get(source), target):
+                replaced[node.output[0]] = source
+                continue
+        kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {name for node in graph.node for name in node.input}
+    unused = [value for value in graph.initializer if value.name not in used]
+    for value in unused:
+        graph.initializer.remove(value)
+    for value in [value for value in graph.value_info if value.name in replaced]:
+        graph.value_info.remove(value)
+
+
+def _inferred_shapes(proto: onnx.ModelProto) -> dict[str, list[int | str]]:
+    """Each tensor's shape as ONNX infers it: sizes, or names for what varies (the batch)."""
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    values = [*inferred.input, *inferred.value_info, *inferred.output]
+    return {
+        value.name: [dim.dim_value or dim.dim_param for dim in value.type.tensor_type.shape.dim]
+        for value in values
+        if value.type.tensor_type.HasField("shape")
+    }
+
+
+def _reshapes_to_itself(shape: list[int | str] | None, target: onnx.TensorProto) -> bool:
+    """Whether a Reshape to ``target`` leaves a tensor of ``shape`` as it is: every size
+    but the first known and asked for, the first (the batch) kept by -1 or 0."""
+    if not shape or any(not isinstance(size, int) or size == 0 for size in shape[1:]):
+        return False
+    wanted = onnx.numpy_helper.to_array(target).tolist()
+    return (
+        len(wanted) == len(shape)
+        and wanted[1:] == shape[1:]
+        and (wanted[0] in (-1, 0) or wanted[0] == shape[0])
+    )
 
 
 def _initializer_equal_to(graph: onnx.GraphProto, values: np.ndarray) -> str | None:

@@ -16,6 +16,7 @@ import pytest
 
 from classifier.assets import ROOT
 from classifier.metadata import ModelMetadata, Preprocessing, sha256_of
+from conversion.export import drop_noop_reshapes
 from conversion.keras_model import keras_home
 from conversion.verify import compare, keras_outputs, onnx_outputs, verification_inputs
 from tests.support.converter import SEED, Converted, convert, run_converter
@@ -152,8 +153,42 @@ def test_comparison_fails_for_a_different_model(converted: Converted) -> None:
 def test_same_weights_give_identical_bytes(converted: Converted, tmp_path: Path) -> None:
     second = tmp_path / "inception_v3.onnx"
     convert("--weights", "random", "--seed", str(SEED), "--output", str(second))
-    assert second.read_bytes() == converted.model_path.read_bytes()
+    assert sha256_of(second) == sha256_of(converted.model_path)
     assert read_metadata(second).sha256 == sha256_of(second)
+
+
+@pytest.mark.parametrize(
+    ("target", "allow_zero", "dropped"),
+    [
+        ([-1, 8, 1, 1], False, True),
+        ([0, 8, 1, 1], False, True),
+        ([2, 8, 1, 1], False, False),
+        ([-1, 8], False, False),
+        ([-1, 1, 8, 1], False, False),
+        ([0, 8, 1, 1], True, False),
+    ],
+)
+def test_only_reshapes_that_change_nothing_are_dropped(
+    target: list[int], allow_zero: bool, dropped: bool
+) -> None:
+    """tf2onnx keeps one no-op Reshape or another from run to run (EfficientNet's
+    squeeze-and-excite blocks); dropping every one makes the graph the same each time."""
+    helper = onnx.helper
+    reshape = helper.make_node("Reshape", ["x", "shape"], ["reshaped"], allowzero=int(allow_zero))
+    graph = helper.make_graph(
+        [reshape, helper.make_node("Relu", ["reshaped"], ["y"])],
+        "squeeze_excite",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 8, 1, 1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [onnx.numpy_helper.from_array(np.array(target, np.int64), "shape")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    drop_noop_reshapes(proto)
+    assert [node.op_type for node in proto.graph.node] == (
+        ["Relu"] if dropped else ["Reshape", "Relu"]
+    )
+    assert proto.graph.node[-1].input[0] == ("x" if dropped else "reshaped")
+    assert len(proto.graph.initializer) == (0 if dropped else 1)
 
 
 # --- the check can fail ---------------------------------------------------------
