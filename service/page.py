@@ -52,6 +52,12 @@ STATE_PHOTO_SIDE = 640
 """The photo a session keeps to draw heatmaps on, at most this a side, as a JPEG."""
 STATE_TTL_S = 900
 """A session's classifications are dropped this long after they were made."""
+PAGE_SESSIONS = 32
+"""Page sessions the server keeps, the least recently used dropped first (Gradio's
+default: 10,000). Each holds Gradio's copy of the page's config (~80 kB with the
+feedback's 1,000 labels) and its classifications (~55 kB each, a gallery of 16:
+~0.9 MB). Any client names a new session in every event it sends: at Gradio's
+default, 1,000 cheap events (15 s) held +91 MB, and a few minutes of them a dyno."""
 REAR_CAMERA = gr.WebcamOptions(
     mirror=False, constraints={"video": {"facingMode": {"ideal": "environment"}}}
 )
@@ -118,8 +124,8 @@ Explanation = dict[str, Any]
 the top classes' labels and maps (lists, which Gradio's state compares), the
 photo decoded for the classification as a small JPEG (``STATE_PHOTO_SIDE``,
 ~50 kB) and the id of the request that classified it, for feedback on it.
-Never the upload or full-size pixels: hundreds of idle sessions share a
-512 MB dyno, and the state is dropped after ``STATE_TTL_S`` besides."""
+Never the upload or full-size pixels: ``PAGE_SESSIONS`` sessions share a 512 MB
+dyno, and the state is dropped after ``STATE_TTL_S`` besides."""
 
 
 def explanation(classified: Classified) -> Explanation:
@@ -377,6 +383,7 @@ def mount(api: FastAPI, demo: gr.Blocks, settings: Settings) -> FastAPI:
     """
     internals.check_uploads(demo)
     internals.clean_up_failed_uploads(UPLOAD_FILES)
+    demo.state_session_capacity = PAGE_SESSIONS  # what launch(state_session_capacity=) sets
     internals.cap_queue_per_client(
         demo, settings.queue_per_client, client_of(settings.forwarded_hops)
     )

@@ -26,7 +26,8 @@ from fastapi.testclient import TestClient
 from gradio_client import Client, handle_file
 
 from classifier.assets import ROOT
-from service.page import UPLOAD_FILES
+from classifier.options import MB
+from service.page import PAGE_SESSIONS, UPLOAD_FILES
 from service.settings import Settings
 from tests.support.harness import Instance, classify, serving, wait_for
 from tests.support.photos import CAT_PHOTO
@@ -528,6 +529,25 @@ def test_one_client_cannot_fill_the_queue(http: httpx.Client) -> None:
     assert 503 in greedy
     assert greedy.count(200) >= DEFAULTS.queue_per_client
     assert other == 200
+
+
+SESSION_FLOOD = 1000
+"""Events, each in a new session: ~90 MB held at Gradio's default of 10,000 sessions."""
+
+
+def test_sessions_made_by_the_thousand_hold_no_more_than_the_cap(
+    http: httpx.Client, served: Served
+) -> None:
+    """Any client may name a new session in every event, and the server keeps each one's
+    state and config (~90 kB): only ``PAGE_SESSIONS`` of them stay."""
+    fn = fn_index(http, "explained_answer")
+    run_event(http, [None, True], fn)
+    before = served.instance.memory.current
+    for _ in range(SESSION_FLOOD):
+        status, _ = run_event(http, [None, True], fn)
+        assert status == 200
+    growth = served.instance.memory.current - before
+    assert growth < PAGE_SESSIONS * MB / 2, f"{growth / MB:.0f} MB"
 
 
 @pytest.mark.parametrize(
