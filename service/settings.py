@@ -80,9 +80,8 @@ class Settings(BaseSettings):
         ADMISSION.max_batch,
         ge=1,
         le=64,
-        description="most images in one model run: a larger batch costs less per image, but "
-        "while a burst lasts ONNX Runtime's arena holds the largest batch's activations, "
-        "handed back by the last run before the queue empties",
+        description="most images in one model run: a larger batch costs less per image, and "
+        "ONNX Runtime's arena holds its activations while it runs (handed back as it ends)",
     )
     vips_threads: int = Field(
         ADMISSION.vips_threads,

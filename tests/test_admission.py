@@ -149,10 +149,10 @@ def test_batcher_runs_waiting_callers_together_and_answers_each() -> None:
         assert first.result()[0, 0] == 0
         assert [future.result()[0, 0] for future in rest] == [2.0 * i for i in range(1, 10)]
     assert runs == [1, 8, 1]
-    # The batch of 8 left memory behind; the run after it, with nobody left waiting, settles.
-    assert settles == [False, False, True]
+    # The batch of 8 hands its memory back as it ends, though one caller still waits.
+    assert settles == [False, True, False]
     batcher(np.array([[1.0]]))
-    assert settles[-1] is False  # settled already: lone runs keep their memory
+    assert settles[-1] is False  # lone runs keep their memory
 
 
 def test_a_burst_ending_in_a_batch_settles_with_it() -> None:
