@@ -82,10 +82,7 @@ def drop_noop_reshapes(proto: onnx.ModelProto) -> None:
     kept = []
     for node in graph.node:
         node.input[:] = [replaced.get(name, name) for name in node.input]
-        allows_zero = any(
-            attribute.name == "allowzero" and attribute.i for attribute in node.attribute
-        )
-        if node.op_type == "Reshape" and node.output[0] not in outputs and not allows_zero:
+        if node.op_type == "Reshape" and node.output[0] not in outputs and not _allows_zero(node):
             source, target = node.input[0], constants.get(node.input[1])
             if target is not None and _reshapes_to_itself(shapes.get(source), target):
                 replaced[node.output[0]] = source
@@ -99,6 +96,11 @@ def drop_noop_reshapes(proto: onnx.ModelProto) -> None:
         graph.initializer.remove(value)
     for value in [value for value in graph.value_info if value.name in replaced]:
         graph.value_info.remove(value)
+
+
+def _allows_zero(node: onnx.NodeProto) -> bool:
+    """A Reshape with ``allowzero``: a 0 in its target means size 0, not "keep this size"."""
+    return any(attribute.name == "allowzero" and attribute.i for attribute in node.attribute)
 
 
 def _inferred_shapes(proto: onnx.ModelProto) -> dict[str, list[int | str]]:
