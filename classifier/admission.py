@@ -97,6 +97,24 @@ class MemoryBudget:
             if peak:
                 self._on_idle(peak)
 
+    @contextmanager
+    def reserve_if_free(self, amount: int) -> Iterator[bool]:
+        """Hold ``amount`` bytes for the block if they are free now and nobody waits in line;
+        yields whether they are held. For work that can as well be done later (a second
+        image in a model run): it never waits, never takes a decode's turn or slot."""
+        with self._changed:
+            held = not self._queue and self._in_use + amount <= self.capacity
+            if held:
+                self._in_use += amount
+                self._peak = max(self._peak, self._in_use)
+        try:
+            yield held
+        finally:
+            if held:
+                with self._changed:
+                    self._in_use -= amount
+                    self._changed.notify_all()
+
     def _acquire(self, amount: int) -> None:
         ticket = object()
         deadline = time.monotonic() + self.timeout

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import queue
+import select
 import signal
 import socket
 import subprocess
@@ -70,6 +71,8 @@ interpreter's objects, a library's bookkeeping and thread stacks, allocations th
 allocator rounds up. The kernel refuses a worker memory past ``cost + DATA_SLACK``."""
 HEADER_BYTES = 64 * 1024
 """The longest JSON header a worker may send back."""
+EXIT_WAIT_S = 5.0
+"""How long a killed worker may take to exit (a loaded machine schedules it late)."""
 FORK_TIMEOUT_S = 30.0
 """How long the zygote may take to fork a worker (at start it is still importing)."""
 ERRORS: dict[str, type[ImageError]] = {
@@ -123,12 +126,16 @@ class Worker:
     """It said it exits after this job (a large one): a fresh one takes its place."""
 
     def kill(self) -> None:
+        """Kill it and, where a pidfd says when (Linux), wait until it is gone: the memory
+        of its last decode is free when this returns, not some milliseconds later."""
         with contextlib.suppress(ProcessLookupError):  # it died already
             if self.pidfd is None:  # macOS: no pidfd
                 os.kill(self.pid, signal.SIGKILL)
             else:
                 signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-                os.close(self.pidfd)
+                select.select([self.pidfd], [], [], EXIT_WAIT_S)  # readable once it exited
+        if self.pidfd is not None:
+            os.close(self.pidfd)
         self.conn.close()
 
 
@@ -200,7 +207,9 @@ class DecoderJail:
         photo_side: int | None,
         log_tag: str,
     ) -> Decoded:
-        with self._worker() as worker, ExitStack() as reserved:
+        # The worker is put back, or killed, before its reservation ends: a retiring one's
+        # decode memory is gone before another decode may take its place in the budget.
+        with ExitStack() as reserved, self._worker() as worker:
             reserved.enter_context(admit(PREADMITTED))
             self._send_job(worker, source, spec, max_pixels, photo_side, log_tag)
             try:

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import Any, BinaryIO
 
-from classifier.heap import TRIM_AFTER
+from classifier.heap import TRIM_AFTER, release_freed_memory
 from classifier.options import MB
 from classifier.preprocess import Admission, ImageError, configure_vips, decode_with_photo
 
@@ -44,6 +44,11 @@ WEBP_CANVAS_BYTES = 12
 """Address space a WebP reserves a canvas pixel and never touches unless drawn on: two
 RGBA canvases libwebp allocates as Pillow reads the header, and the RGBA frame libvips
 allocates for its shrinking decode."""
+TRIM_AFTER_JOB = 8 * MB
+"""After a decode that cost this much (and less than ``TRIM_AFTER``, past which the worker
+retires), the worker hands its heap's free pages back: kept, they would be its own, outside
+the budget, for as long as it lives (up to 12 MB seen). After a smaller one, faulting them
+in again on the next decode would cost more than they are worth."""
 REFUSALS = {"ImageError", "ImageTooLargeError", "UnsupportedImageError"}
 """The errors a worker reports by name (a subclass by the nearest of them): the user's,
 with their message and status."""
@@ -204,6 +209,8 @@ def work(conn: Connection) -> None:
             return
         if decode_one(conn, job):
             return
+        if job.get("cost", 0) >= TRIM_AFTER_JOB:
+            release_freed_memory()
 
 
 def serve_forks(control: socket.socket) -> None:

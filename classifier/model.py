@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from classifier.assets import DEFAULT_MODEL_PATH
 from classifier.batching import Batcher
 from classifier.cpu import log_cpu_support
 from classifier.errors import ClassifierError
-from classifier.heap import release_after_large_decodes, release_freed_memory
+from classifier.heap import peak_growth, release_after_large_decodes, release_freed_memory
 from classifier.heatmap import (
     MAX_OVERLAY_SIDE,
     ClassWeights,
@@ -200,7 +200,10 @@ class Classifier:
             admission.decoders,
             on_idle=release_after_large_decodes,
         )
-        self._run_batched = Batcher(self._run, admission.max_batch)
+        self._max_batch = admission.max_batch
+        self._row_bytes: int | None = None
+        """What each row after the first adds to a run's memory, once ``warm_up`` measured it."""
+        self._run_batched = Batcher(self._run, admission.max_batch, spare=self._spare_rows)
         self.jail = (
             DecoderJail(
                 admission.decoders,
@@ -228,8 +231,31 @@ class Classifier:
         if self.jail:
             self.jail.start()
         self.predict_explained(np.zeros((1, spec.height, spec.width, 3), np.float32), self.explains)
-        release_freed_memory()
+        release_freed_memory()  # what loading the session left: before a batch grows on it
+        self._row_bytes = self._measure_row_bytes()
         self.ready = True
+
+    def _measure_row_bytes(self) -> int:
+        """What each row after the first adds to a run's memory, measured on a full batch:
+        the most it grows, from where a batch that settled leaves the arena (a batch run
+        there grows it by +23 MB for a float32 pair, against +16 after a single run).
+        0 where the kernel keeps no high-water mark (macOS): batches then go uncounted."""
+        if self._max_batch < 2:
+            return 0
+        spec = self.metadata.preprocessing
+        batch = np.zeros((self._max_batch, spec.height, spec.width, 3), np.float32)
+        self.predict(batch)  # a batch that settles
+        grown = peak_growth(lambda: self.predict(batch))
+        if grown is None:
+            log.info("This system keeps no memory high-water mark: batches are not counted")
+            return 0
+        return grown // (self._max_batch - 1)
+
+    def _spare_rows(self, rows: int) -> AbstractContextManager[bool]:
+        """Memory for ``rows`` more rows in a model run, if the budget has it free now."""
+        if self._row_bytes is None:  # not measured yet: every image runs alone
+            return nullcontext(False)
+        return self.budget.reserve_if_free(rows * self._row_bytes)
 
     def preprocess(self, image: ImageSource) -> np.ndarray:
         """Decode within the memory budget, then make the model's input."""

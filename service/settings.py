@@ -81,7 +81,8 @@ class Settings(BaseSettings):
         ge=1,
         le=64,
         description="most images in one model run: a larger batch costs less per image, and "
-        "ONNX Runtime's arena holds its activations while it runs (handed back as it ends)",
+        "its activations (handed back as it ends) come out of the memory budget: an image "
+        "joins a run only if the budget has them free",
     )
     vips_threads: int = Field(
         ADMISSION.vips_threads,

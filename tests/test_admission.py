@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +128,57 @@ def test_idle_hook_runs_when_the_last_share_comes_back_with_the_peak_held() -> N
     with budget.reserve(5):
         pass
     assert idle == [(0, 30), (0, 5)]
+
+
+def test_a_spare_share_is_held_only_if_free_now_and_nobody_waits() -> None:
+    budget = MemoryBudget(100, timeout=10, slots=1)
+    entered, leave = threading.Event(), threading.Event()
+    with budget.reserve(60):
+        with budget.reserve_if_free(40) as spared:  # no decode slot needed, no waiting
+            assert spared
+            assert budget.in_use == 100
+        with budget.reserve_if_free(41) as spared:
+            assert not spared
+            assert budget.in_use == 60
+        waiter = threading.Thread(target=hold, args=(budget, 10, entered, leave))
+        waiter.start()
+        wait_for(lambda: budget.waiting == 1)
+        with budget.reserve_if_free(1) as spared:  # a decode waits in line: it comes first
+            assert not spared
+    leave.set()
+    waiter.join()
+    assert entered.is_set()
+    assert budget.in_use == 0
+
+
+def test_batcher_takes_only_the_waiting_rows_the_budget_spares() -> None:
+    runs: list[int] = []
+    asked: list[int] = []
+    gate = threading.Event()
+
+    def run(batch: np.ndarray, settle: bool) -> np.ndarray:
+        runs.append(len(batch))
+        gate.wait(5)
+        return batch
+
+    @contextmanager
+    def spare(rows: int) -> Iterator[bool]:
+        asked.append(rows)
+        yield rows <= 1
+
+    batcher = Batcher(run, max_batch=4, spare=spare)
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(batcher, np.zeros((1, 1)))
+        wait_for(lambda: runs)
+        rest = [pool.submit(batcher, np.zeros((1, 1))) for _ in range(5)]
+        wait_for(lambda: len(batcher._queue) == 5)
+        gate.set()
+        first.result()
+        assert all(len(future.result()) == 1 for future in rest)
+    # Five waited: 3 rows to join the next one's run, then 2, refused; 1 spared: a pair.
+    # Then three waited: 2 refused, 1 spared. The last ran alone, with nothing to spare.
+    assert asked == [3, 2, 1, 2, 1]
+    assert runs == [1, 2, 2, 1]
 
 
 def test_batcher_runs_waiting_callers_together_and_answers_each() -> None:
