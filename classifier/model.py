@@ -11,6 +11,7 @@ metrics into.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -52,6 +53,11 @@ from classifier.options import (
 from classifier.preprocess import ImageSource, decode_with_photo, normalize
 
 log = logging.getLogger(__name__)
+
+# ONNX Runtime 1.31 records every session it creates, in an SQLite file under
+# ~/.cache/Microsoft, to send to Microsoft. A deployment reports nothing on its own;
+# ORT_DISABLE_TELEMETRY=0 turns it back on. Read when the first session is created.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 CONVERT_HINT = "run `python convert_model.py` (see the README) to create it"
 

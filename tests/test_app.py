@@ -113,6 +113,15 @@ def test_serving_the_page_never_imports_pandas(client: Client, app_url: str) -> 
     assert not any("pandas" in name for name in mapped)
 
 
+def test_onnx_runtime_records_nothing_to_send_to_microsoft(app_url: str) -> None:
+    """ONNX Runtime 1.31 records every session it creates in an SQLite file it keeps open
+    (~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db) and sends the records
+    to Microsoft; a deployment of the app reports nothing on its own."""
+    opened = {Path(file.path).name for file in server_process(app_url).open_files()}
+    assert opened  # the check can see files (the log, the model's labels...)
+    assert "onnxruntime.db" not in opened
+
+
 def test_an_idle_server_sleeps(app_url: str) -> None:
     """Gradio's queue polls every 1 ms unless told otherwise: ~1,000 wake-ups a second.
 
