@@ -44,6 +44,7 @@ def lighten_gradio() -> None:
     ``service.agents``): 24 MB, and sse-starlette with it, which replaces
     uvicorn's signal handler that our draining relies on.
     """
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing reported to Gradio
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**31))
     os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "100")
     defer_import("pandas")

@@ -1,7 +1,6 @@
 # Sourced by the Procfile: listen on all interfaces on Heroku's $PORT.
 export HOST="${HOST:-0.0.0.0}"
 export PORT="${PORT:-7860}"
-export GRADIO_ANALYTICS_ENABLED=False
 # On a dyno ($DYNO is set), Heroku's router appends the address that connected
 # to it to X-Forwarded-For: that last entry tells the page's clients apart.
 if [ -n "${DYNO:-}" ]; then export FORWARDED_HOPS="${FORWARDED_HOPS:-1}"; fi
