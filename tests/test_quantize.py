@@ -34,7 +34,7 @@ from conversion.quantize import VNNI, Verifier, model_inputs, probabilities, qua
 from conversion.synthetic import labelled_photos
 from tests.support.budgets import X86_INT8
 from tests.support.converter import run_converter
-from tests.support.models import Prototype
+from tests.support.models import EMULATED_PHOTOS, Prototype
 from tests.support.photos import IMAGENET_SAMPLE
 
 FEW_PHOTOS = 4
@@ -107,7 +107,7 @@ def test_int8_model_agrees_with_float32_as_an_avx2_cpu(prototype: Prototype) -> 
     assert emulated["measured_on"] == "qemu-x86_64 -cpu Haswell"
     assert "avx2" in emulated["instruction_sets"]
     assert "avx512_vnni" not in emulated["instruction_sets"]
-    assert emulated["samples"] == len(prototype.verification)  # every one of them
+    assert emulated["samples"] == EMULATED_PHOTOS
     assert emulated["top1_agreement"] >= 0.99
     assert emulated["cpu_difference"] <= 0.01
     assert emulated["passed"] is True
