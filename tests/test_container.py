@@ -24,7 +24,7 @@ from classifier.model import Classifier
 from tests.support import container
 from tests.support.budgets import START_UP_WAIT_S
 from tests.support.converter import Converted
-from tests.support.harness import classify, free_port, metric, procfile_command, wait_for
+from tests.support.harness import classify, free_port, metrics, procfile_command, wait_for
 from tests.support.images import LARGE, write_large_images
 from tests.support.models import Prototype
 from tests.support.photos import CAT_PHOTO, imagenet_sample_photos
@@ -37,6 +37,8 @@ MAX_ABOVE_BASE = 480e6
 """The image's own layers, float32 model included (a naive single-stage image: 557 MB).
 406 MB until the feedback store (SQLAlchemy, psycopg and its libpq: 41 MB installed)
 and the MCP SDK (23 MB) joined the runtime: 470 MB measured since (2026-12-07)."""
+TAKEN = ("classifier_requests_in_flight", "classifier_requests_total")
+"""Classifications the app has taken: under way, and answered."""
 HELD_OUT_PHOTOS = 40
 CLIENTS = 8
 
@@ -210,11 +212,16 @@ def test_podman_stop_lets_the_classifications_under_way_finish_and_exits_0(
         with ThreadPoolExecutor(CLIENTS) as pool:
             under_way = [pool.submit(post, box.url, photo) for photo in large_photos[:CLIENTS]]
             with httpx.Client(base_url=box.url) as watcher:
-                wait_for(
-                    lambda: metric(watcher, "classifier_requests_in_flight") >= CLIENTS,
-                    timeout=START_UP_WAIT_S,
-                    every=0.01,
-                )
+                scrape: list[float] = []
+
+                def all_taken() -> bool:
+                    """Under way or answered (one may end before the last starts), in one
+                    scrape: none is left to arrive after the signal."""
+                    scrape[:] = metrics(watcher, *TAKEN)
+                    return sum(scrape) >= CLIENTS
+
+                wait_for(all_taken, timeout=START_UP_WAIT_S, every=0.01)
+                under_way_at_signal = scrape[0]
             exit_codes: list[int] = []
             stopping = threading.Thread(target=lambda: exit_codes.append(box.stop()))
             stopping.start()
@@ -222,6 +229,7 @@ def test_podman_stop_lets_the_classifications_under_way_finish_and_exits_0(
             late = post(box.url, CAT_PHOTO)
             statuses = [request.result().status_code for request in under_way]
             stopping.join()
+        assert under_way_at_signal >= 1
         assert statuses == [200] * CLIENTS
         assert late.status_code == 503
         assert exit_codes == [0], box.logs()[-3000:]

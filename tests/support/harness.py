@@ -371,9 +371,16 @@ def classify(http: httpx.Client, path: Path, **params: object) -> httpx.Response
 
 
 def metric(client: httpx.Client, sample: str, /, **labels: str) -> float:
-    """One sample of the app's /metrics, parsed by prometheus-client's own parser."""
+    """One sample of the app's /metrics, summed over the labels not named."""
+    return metrics(client, sample, **labels)[0]
+
+
+def metrics(client: httpx.Client, *samples: str, **labels: str) -> list[float]:
+    """Samples from one scrape of the app's /metrics (parsed by prometheus-client's own
+    parser), each summed over the labels not named."""
+    totals = dict.fromkeys(samples, 0.0)
     for family in text_string_to_metric_families(client.get("metrics").text):
         for found in family.samples:
-            if found.name == sample and all(found.labels.get(k) == v for k, v in labels.items()):
-                return found.value
-    return 0.0
+            if found.name in totals and all(found.labels.get(k) == v for k, v in labels.items()):
+                totals[found.name] += found.value
+    return list(totals.values())
