@@ -56,7 +56,7 @@ class Batcher:
         spare: Spare = always_spared,
     ) -> None:
         self._run = run
-        self._max_batch = max_batch
+        self.max_batch = max_batch
         self._spare = spare
         self._queue: list[_Request] = []
         self._busy = False
@@ -83,7 +83,7 @@ class Batcher:
         """The first waiting requests whose rows fit in one batch (at least one)."""
         taken, rows = 0, 0
         for request in self._queue:
-            if taken and rows + len(request.inputs) > self._max_batch:
+            if taken and rows + len(request.inputs) > self.max_batch:
                 break
             taken, rows = taken + 1, rows + len(request.inputs)
         batch, self._queue = self._queue[:taken], self._queue[taken:]

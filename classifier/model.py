@@ -206,7 +206,6 @@ class Classifier:
             admission.decoders,
             on_idle=release_after_large_decodes,
         )
-        self._max_batch = admission.max_batch
         self._row_bytes: int | None = None
         """What each row after the first adds to a run's memory, once ``warm_up`` measured it."""
         self._run_batched = Batcher(self._run, admission.max_batch, spare=self._spare_rows)
@@ -246,16 +245,17 @@ class Classifier:
         the most it grows, from where a batch that settled leaves the arena (a batch run
         there grows it by +23 MB for a float32 pair, against +16 after a single run).
         0 where the kernel keeps no high-water mark (macOS): batches then go uncounted."""
-        if self._max_batch < 2:
+        rows = self._run_batched.max_batch
+        if rows < 2:
             return 0
         spec = self.metadata.preprocessing
-        batch = np.zeros((self._max_batch, spec.height, spec.width, 3), np.float32)
+        batch = np.zeros((rows, spec.height, spec.width, 3), np.float32)
         self.predict(batch)  # a batch that settles
         grown = peak_growth(lambda: self.predict(batch))
         if grown is None:
             log.info("This system keeps no memory high-water mark: batches are not counted")
             return 0
-        return grown // (self._max_batch - 1)
+        return grown // (rows - 1)
 
     def _spare_rows(self, rows: int) -> AbstractContextManager[bool]:
         """Memory for ``rows`` more rows in a model run, if the budget has it free now."""
